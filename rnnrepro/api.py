@@ -1,0 +1,137 @@
+"""The library's entry function. ``run.py`` composes a config and calls :func:`run`; tests call the same function."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rnnrepro.config import ConfigError, validate
+from rnnrepro.data import build_datamodule
+from rnnrepro.loggers import CSVLogger, WandbMirror
+from rnnrepro.models import build_model, count_parameters
+from rnnrepro.results.summary import device_name, git_info, write_json_atomic
+from rnnrepro.tasks import TaskType, build_task
+from rnnrepro.training import checkpoint
+from rnnrepro.training.algorithms import build_algorithm
+from rnnrepro.training.optim import Schedule, build_optimizer
+from rnnrepro.training.seeding import seed_everything
+from rnnrepro.training.trainer import Trainer
+
+log = logging.getLogger("rnnrepro")
+
+RUN_ARTIFACTS = ("metrics.csv", "summary.json", "last.pt")
+
+
+def resolve_output_dir(cfg: DictConfig) -> str:
+    if cfg.get("output_dir"):
+        return os.path.abspath(str(cfg.output_dir))
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise ConfigError("output_dir: not set and no Hydra runtime; pass output_dir=<folder>")
+    return os.path.abspath(HydraConfig.get().runtime.output_dir)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name}: CUDA is not available here; use trainer.device=auto or cpu")
+    return device
+
+
+def _metric(result: Optional[dict], key: str) -> Optional[float]:
+    return None if result is None else result.get(key)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Trains and evaluates one configuration; writes config.yaml, metrics.csv, summary.json (and last.pt,
+    best.pt) into the output directory and returns the summary."""
+    validate(cfg)  # every range check, before any work
+    output_dir = resolve_output_dir(cfg)
+    os.makedirs(output_dir, exist_ok=True)
+    resume_path = checkpoint.find_resume_checkpoint(cfg.resume, output_dir) if cfg.resume else None
+    if resume_path is None:
+        existing = [f for f in RUN_ARTIFACTS if os.path.exists(os.path.join(output_dir, f))]
+        if existing:
+            raise ConfigError(f"output dir {output_dir} already holds a run ({', '.join(existing)}); pass "
+                              "resume=auto to continue it, or choose another hydra.run.dir / output_dir")
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
+    device = select_device(str(cfg.trainer.device))
+    seed = int(cfg.seed)
+    seed_everything(seed, bool(cfg.trainer.deterministic))
+
+    data = build_datamodule(cfg.data, seed)
+    data.setup()  # missing files fail here, before anything is written
+    task_kwargs = {"metric": data.spec.metric} if data.spec.task in (TaskType.classify_each, TaskType.tag) else {}
+    task = build_task(data.spec.task, **task_kwargs)
+    model = build_model(cfg.model, data.spec, task).to(device)
+    params, params_free = count_parameters(model)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+        f.write(OmegaConf.to_yaml(resolved))
+
+    optimizer = build_optimizer(cfg.optimizer, (p for p in model.parameters() if p.requires_grad))
+    n_batches = data.num_train_batches()
+    total_steps = n_batches * int(cfg.trainer.max_epochs)
+    if cfg.trainer.max_steps is not None:
+        total_steps = min(total_steps, int(cfg.trainer.max_steps))
+    schedule = Schedule(cfg.scheduler, optimizer, total_steps=total_steps, total_epochs=int(cfg.trainer.max_epochs))
+    algorithm = build_algorithm(cfg.algorithm, model, carry_state=bool(getattr(data, "carry_state", False)))
+
+    wandb_id = checkpoint.load(resume_path).get("wandb_id") if resume_path else None
+    mirror = WandbMirror(cfg.logger, resolved, output_dir, run_id=wandb_id)
+    csv = CSVLogger(os.path.join(output_dir, "metrics.csv"))
+    trainer = Trainer(cfg, model, data, algorithm, optimizer, schedule, device, output_dir, csv, mirror)
+    if resume_path:
+        trainer.load_last(resume_path)
+
+    sha, dirty = git_info()
+    summary: dict[str, Any] = {
+        "experiment": cfg.meta.experiment, "paper": cfg.meta.paper, "table": cfg.meta.table, "row": cfg.meta.row,
+        "tier": cfg.meta.tier, "model": cfg.model.name, "dataset": cfg.data.name, "seed": seed, "params": params,
+        "params_free": params_free, "metric": task.metric, "mode": task.mode, "device": device.type,
+        "device_name": device_name(device), "torch_version": torch.__version__, "git_sha": sha, "git_dirty": dirty,
+        "host": socket.gethostname(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": data.describe(), "limit_eval_batches": cfg.trainer.limit_eval_batches,
+        "deterministic": bool(cfg.trainer.deterministic), "output_dir": output_dir, "status": "running",
+    }
+    log.info("%s | %s on %s | %d params (%d free) | %s | output %s", cfg.meta.experiment, cfg.model.name,
+             cfg.data.name, params, params_free, summary["device_name"], output_dir)
+    try:
+        outcome = trainer.fit()
+        tests = trainer.test(diverged=outcome["status"] == "diverged")
+    except BaseException as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        _finish(summary, trainer, output_dir)
+        raise
+    summary.update(outcome)
+    summary.update({
+        "best_val": trainer.p.best_val, "best_step": trainer.p.best_step,
+        "test_at_best_val": _metric(tests["test_at_best_val"], task.metric),
+        "test_last": _metric(tests["test_last"], task.metric),
+        "val_last": _metric(tests["val_last"], task.metric),
+        "test_at_best_val_all": tests["test_at_best_val"], "test_last_all": tests["test_last"],
+    })
+    _finish(summary, trainer, output_dir)
+    log.info("%s: best val %s %s | test at best val %s | test last %s | %.0f s", summary["status"], task.metric,
+             summary["best_val"], summary["test_at_best_val"], summary["test_last"], summary["wall_time_s"])
+    return summary
+
+
+def _finish(summary: dict, trainer: Trainer, output_dir: str) -> None:
+    epochs = trainer.p.epoch + trainer.p.batch_in_epoch / max(trainer.data.num_train_batches(), 1)
+    summary.update({"steps": trainer.p.step, "epochs": round(epochs, 4), "wall_time_s": round(trainer._elapsed(), 3),
+                    "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    summary.setdefault("error", None)
+    write_json_atomic(summary, os.path.join(output_dir, "summary.json"))
+    trainer.mirror.finish(summary)

@@ -1,0 +1,387 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+YAML files under ``conf/`` extend these schemas through their defaults lists, so a misspelled key or a value of the
+wrong type fails while Hydra composes the config. Enum fields list their allowed values in that error. Range checks
+(learning rate > 0, hidden size >= 1, ...) live in ``__post_init__`` and run in :func:`validate`, which ``run`` calls
+before any data is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense; the message names the key and the fix."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive(value: float, key: str) -> None:
+    _require(value > 0, key, f"must be > 0, got {value}. Set it on the command line, e.g. {key}=0.001")
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+class SBOSolver(str, Enum):
+    sgd = "sgd"
+    shb = "shb"
+    snag = "snag"
+
+
+class SBORecurrent(str, Enum):
+    dense_lowrank = "dense_lowrank"
+    sparse = "sparse"
+    full = "full"
+    diagonal = "diagonal"
+
+
+class SBOGradImpl(str, Enum):
+    elementwise = "elementwise"
+    dense_diag = "dense_diag"
+
+
+class AntisymParam(str, Enum):
+    triu = "triu"
+    full = "full"
+
+
+class AntisymInitOn(str, Enum):
+    antisym = "antisym"
+    free_W = "free_W"
+
+
+class InitScale(str, Enum):
+    variance = "variance"
+    std_bug = "std_bug"
+
+
+class CellImpl(str, Enum):
+    fused = "fused"
+    cell = "cell"
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    hidden_size: int = 128
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {self.hidden_size}")
+
+
+@dataclass
+class RNNConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.TanhRNN"
+    name: str = "rnn"
+    impl: CellImpl = CellImpl.fused
+
+
+@dataclass
+class IRNNConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.IRNN"
+    name: str = "irnn"
+    impl: CellImpl = CellImpl.fused
+    identity_scale: float = 1.0
+
+
+@dataclass
+class GRUConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.GRU"
+    name: str = "gru"
+    impl: CellImpl = CellImpl.fused
+
+
+@dataclass
+class LSTMConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.LSTM"
+    name: str = "lstm"
+    impl: CellImpl = CellImpl.fused
+    forget_bias: float = 1.0
+
+
+@dataclass
+class AntisymConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.antisymmetric.AntisymmetricRNN"
+    name: str = "antisym"
+    eps: float = 0.01
+    gamma: float = 0.01
+    sigma_w: float = 1.0
+    gated: bool = False
+    param: AntisymParam = AntisymParam.triu
+    init_on: AntisymInitOn = AntisymInitOn.antisym
+    init_scale: InitScale = InitScale.variance
+    gate_bias_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self.eps, "model.eps")
+        _require(self.gamma >= 0, "model.gamma", f"must be >= 0, got {self.gamma} (gamma = 0 diverges under forward "
+                 "Euler, Proposition 2; the paper's grid is 0.001..1)")
+        _require(self.sigma_w >= 0, "model.sigma_w", f"must be >= 0, got {self.sigma_w}")
+
+
+@dataclass
+class SBOConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.sbo.SBORNN"
+    name: str = "sbo"
+    solver: SBOSolver = SBOSolver.sgd
+    recurrent: SBORecurrent = SBORecurrent.dense_lowrank
+    rank: int = 50
+    eta: float = 1e-3
+    mu: float = 0.5
+    learn_mu: bool = True
+    alpha: float = 1.0
+    train_recurrent: bool = True
+    grad_impl: SBOGradImpl = SBOGradImpl.elementwise
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self.eta, "model.eta")
+        _positive(self.alpha, "model.alpha")
+        _require(self.rank >= 1, "model.rank", f"must be >= 1, got {self.rank}")
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+class Normalize(str, Enum):
+    none = "none"
+    mean_std = "mean_std"
+    repo_bug_uint8 = "repo_bug_uint8"
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = True
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class MNISTDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.mnist.SequentialMNIST"
+    name: str = "smnist"
+    permutation: str = "identity"
+    normalize: Normalize = Normalize.mean_std
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from rnnrepro.data.permutations import check_permutation_name
+
+        check_permutation_name(self.permutation)
+
+
+# ------------------------------------------------------------------------------------------------ optimisation
+@dataclass
+class OptimizerConfig:
+    _target_: str = MISSING
+    _partial_: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self.lr, "optimizer.lr")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 <= self.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {self.momentum}")
+
+
+@dataclass
+class AdagradConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adagrad"
+    eps: float = 1e-10
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    _target_: str = "torch.optim.RMSprop"
+    alpha: float = 0.99
+    eps: float = 1e-8
+    momentum: float = 0.0
+
+
+class SchedulerName(str, Enum):
+    none = "none"
+    step = "step"
+    linear = "linear"
+
+
+class ScheduleInterval(str, Enum):
+    step = "step"
+    epoch = "epoch"
+
+
+class LinearTarget(str, Enum):
+    lr = "lr"
+    weight_decay = "weight_decay"
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = SchedulerName.none
+    interval: ScheduleInterval = ScheduleInterval.epoch
+    # step: multiply the lr by gamma every step_size intervals
+    step_size: int = 50
+    gamma: float = 0.5
+    # linear: move `target` from start_factor to end_factor (times its initial value) over the run
+    target: LinearTarget = LinearTarget.lr
+    start_factor: float = 1.0
+    end_factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.step_size >= 1, "scheduler.step_size", f"must be >= 1, got {self.step_size}")
+        _positive(self.gamma, "scheduler.gamma")
+        _require(self.start_factor >= 0 and self.end_factor >= 0, "scheduler.start_factor/end_factor",
+                 "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------- training
+class AlgorithmName(str, Enum):
+    bptt = "bptt"
+
+
+@dataclass
+class AlgorithmConfig:
+    name: AlgorithmName = AlgorithmName.bptt
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    max_steps: Optional[int] = None  # optimizer steps; whichever budget ends first stops the run
+    eval_every_n_steps: Optional[int] = None  # None: evaluate at the end of each epoch
+    limit_eval_batches: Optional[int] = None  # for smoke runs only; recorded in the summary
+    grad_clip: Optional[float] = None  # max global L2 norm
+    device: str = "auto"
+    deterministic: bool = False
+    num_threads: Optional[int] = None
+    progress_bar: bool = True  # shown only on a terminal
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {self.max_epochs}")
+        _require(self.max_steps is None or self.max_steps >= 1, "trainer.max_steps",
+                 f"must be >= 1 or null, got {self.max_steps}")
+        _require(self.eval_every_n_steps is None or self.eval_every_n_steps >= 1, "trainer.eval_every_n_steps",
+                 f"must be >= 1 or null, got {self.eval_every_n_steps}")
+        _require(self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip",
+                 f"must be > 0 or null, got {self.grad_clip}")
+        _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
+                 f"must be one of auto, cpu, cuda, cuda:N, mps; got {self.device!r}")
+
+
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"
+    # W&B mirror settings; used only when name == "wandb". CSV and JSON are always written.
+    mode: WandbMode = WandbMode.online
+    project: str = "rnnrepro"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.name in ("csv", "wandb"), "logger.name", f"must be csv or wandb, got {self.name!r}")
+
+
+@dataclass
+class MetaConfig:
+    """Identifies a run for aggregation: the experiment preset and the paper table row it reproduces."""
+
+    experiment: str = "adhoc"
+    paper: Optional[str] = None
+    table: Optional[str] = None
+    row: Optional[str] = None
+    tier: Optional[str] = None  # smoke | full, set by scripts/reproduce_tables.py
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    seed: int = 0
+    resume: Optional[str] = None  # null | auto | path to last.pt or to a run directory
+    output_dir: Optional[str] = None  # null: Hydra's runtime output dir
+
+
+SCHEMAS = {
+    "model": {"rnn": RNNConfig, "irnn": IRNNConfig, "gru": GRUConfig, "lstm": LSTMConfig,
+              "antisym": AntisymConfig, "sbo": SBOConfig},
+    "data": {"mnist": MNISTDataConfig},
+    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="rnnrepro_schema", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+    cs.store(group="schema", name="scheduler", node=SchedulerConfig)
+    cs.store(group="schema", name="trainer", node=TrainerConfig)
+    cs.store(group="schema", name="logger", node=LoggerConfig)
+    cs.store(group="schema", name="algorithm", node=AlgorithmConfig)
+
+
+register_configs()
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Instantiates the schemas (running every range check) and returns the typed config.
+
+    Raises ConfigError naming the key and the fix; composition errors (unknown keys, wrong types, unknown enum
+    values, unknown group options) are raised by Hydra itself before this point.
+    """
+    for key in ("model", "data", "optimizer"):
+        node = cfg.get(key)
+        if node is None or OmegaConf.get_type(node) is dict:
+            raise ConfigError(f"{key}: the selected config is not backed by a schema; its YAML must start with a "
+                              f"defaults entry such as '/schema/{key}/<name>@_here_'")
+    return OmegaConf.to_object(cfg)

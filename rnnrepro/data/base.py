@@ -1,0 +1,149 @@
+"""The dataset interface and an in-memory implementation shared by tensor datasets.
+
+A data module loads its files in ``setup`` (raising DataNotFoundError with the expected files, the download URLs
+and the config keys to set), declares a DataSpec (input size, output size, task type), and yields batches as dicts
+``{"x": (B, T, m) or (B, T), "y": ..., optional "mask": (B, T)}``.
+
+Randomness: the train/validation split uses ``data.split_seed`` (task randomness); the shuffling order of epoch e
+uses a generator seeded from (run seed, e), so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import hydra.utils
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from rnnrepro.tasks import TaskType
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Dataset files are missing and could not be downloaded; the message says what to place where."""
+
+
+@dataclass
+class DataSpec:
+    input_size: int
+    output_size: int
+    task: TaskType
+    seq_len: Optional[int] = None
+    vocab_size: Optional[int] = None  # set for token inputs (an embedding of size input_size is added)
+    metric: str = "acc"
+
+
+def resolve_root(root: Optional[str]) -> str:
+    return os.path.abspath(os.path.expanduser(root or os.path.join("~", ".cache", "rnnrepro")))
+
+
+class SequenceDataModule:
+    spec: DataSpec
+
+    def __init__(self, cfg: Any, run_seed: int) -> None:
+        self.cfg = cfg
+        self.run_seed = run_seed
+        self.root = resolve_root(cfg.root)
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def num_train_batches(self) -> int:
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def eval_batches(self, split: str) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What identifies the data of this run (permutation hash, split sizes, preprocessing) for summary.json."""
+        return {"name": self.cfg.name}
+
+    def checkpoint_state(self) -> dict:
+        """Tensors that define the task (e.g. the permutation), saved with every checkpoint."""
+        return {}
+
+
+def split_train_val(n: int, val_fraction: float, split_seed: int) -> tuple[Tensor, Tensor]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val = int(round(n * val_fraction))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([run_seed, epoch]).generate_state(1)[0])
+
+
+class _IndexBatches(Sampler):
+    def __init__(self, batches: list[Tensor]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (b.tolist() for b in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _BatchDataset(Dataset):
+    """Indexed with a list of sample indices; builds a whole batch in one vectorised call."""
+
+    def __init__(self, make_batch: Callable[[Tensor], dict]) -> None:
+        self.make_batch = make_batch
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        return self.make_batch(torch.as_tensor(indices))
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+class InMemorySequenceData(SequenceDataModule):
+    """A data module whose splits are index sets into tensors held in memory; subclasses set ``self.splits`` to
+    {split: index tensor} and implement ``make_batch(indices)``."""
+
+    splits: dict[str, Tensor]
+
+    def make_batch(self, indices: Tensor) -> dict:
+        raise NotImplementedError
+
+    def _loader(self, batches: list[Tensor], seed: int) -> DataLoader:
+        # A private generator: creating the loader never draws from the global torch RNG, so a run resumed in the
+        # middle of an epoch sees the same random streams as an uninterrupted one.
+        workers = int(self.cfg.num_workers)
+        return DataLoader(_BatchDataset(self.make_batch), sampler=_IndexBatches(batches), batch_size=None,
+                          num_workers=workers, worker_init_fn=_seed_worker if workers else None,
+                          generator=torch.Generator().manual_seed(seed))
+
+    def num_train_batches(self) -> int:
+        return -(-len(self.splits["train"]) // int(self.cfg.batch_size))
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+        idx = self.splits["train"]
+        seed = epoch_seed(self.run_seed, epoch)
+        order = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
+        batches = list(order.split(int(self.cfg.batch_size)))[start_batch:]
+        return iter(self._loader(batches, seed))
+
+    def eval_batches(self, split: str) -> Iterator[dict]:
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; have {sorted(self.splits)}")
+        return iter(self._loader(list(self.splits[split].split(int(self.cfg.eval_batch_size))), self.run_seed))
+
+
+def build_datamodule(data_cfg: Any, run_seed: int) -> SequenceDataModule:
+    cls = hydra.utils.get_class(data_cfg._target_)
+    if not issubclass(cls, SequenceDataModule):
+        raise TypeError(f"data._target_={data_cfg._target_} is not a rnnrepro.data.base.SequenceDataModule")
+    return cls(data_cfg, run_seed)

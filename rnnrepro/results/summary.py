@@ -1,0 +1,54 @@
+"""summary.json: the one record per run that tables and sweeps are built from."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from functools import lru_cache
+
+import torch
+
+# Keys every summary.json has (tests/test_run.py checks the schema).
+SUMMARY_FIELDS = [
+    "experiment", "paper", "table", "row", "tier", "model", "dataset", "seed", "params", "params_free", "metric",
+    "mode", "best_val", "best_step", "test_at_best_val", "test_last", "val_last", "steps", "epochs", "wall_time_s",
+    "status", "error", "device", "device_name", "torch_version", "git_sha", "git_dirty", "host", "started_at",
+    "finished_at", "data", "limit_eval_batches", "deterministic", "output_dir",
+]
+
+STATUSES = ("completed", "diverged", "failed", "running")
+
+
+@lru_cache(maxsize=1)
+def git_info() -> tuple[str, bool]:
+    """(SHA, dirty) of the repository holding this package; ("unknown", False) outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return sha, dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_json_atomic(obj: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_summary(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,159 @@
+"""Losses and metric accumulators per task type (see the table in ``rnnrepro/tasks/__init__.py``)."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TaskType(str, Enum):
+    classify_last = "classify_last"
+    classify_each = "classify_each"
+    multilabel_each = "multilabel_each"
+    tag = "tag"
+    regression = "regression"
+
+
+class Meter:
+    """Sums over an evaluation pass; ``compute`` returns per-unit averages (weighted by targets, not batches)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0.0
+
+    def add(self, count: float, **sums: float) -> None:
+        self.count += count
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def averages(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1.0) for k, v in self.sums.items()}
+
+
+class Task:
+    """Base task. ``sequence_output`` says whether the head reads every step or only the last state."""
+
+    type: TaskType
+    sequence_output: bool = False
+    metric: str = "loss"  # the metric selected on validation
+    mode: str = "min"  # "max" when larger is better
+
+    def loss(self, out: Tensor, batch: dict) -> Tensor:
+        raise NotImplementedError
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        raise NotImplementedError
+
+    def compute(self, meter: Meter) -> dict[str, float]:
+        return meter.averages()
+
+    def is_better(self, new: float, best: Optional[float]) -> bool:
+        if best is None or not math.isfinite(best):
+            return math.isfinite(new)
+        return new > best if self.mode == "max" else new < best
+
+
+class ClassifyLast(Task):
+    type = TaskType.classify_last
+    metric, mode = "acc", "max"
+
+    def loss(self, out: Tensor, batch: dict) -> Tensor:
+        return F.cross_entropy(out, batch["y"])
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        y = batch["y"]
+        meter.add(y.numel(), loss=F.cross_entropy(out, y, reduction="sum"), acc=(out.argmax(-1) == y).sum())
+
+
+class ClassifyEach(Task):
+    """Per-step classification (language models, copy tasks). Metrics: loss in nats per target token, accuracy,
+    perplexity exp(loss) and bits per token loss / ln 2, each over the tokens that carry a target (mask)."""
+
+    type = TaskType.classify_each
+    sequence_output = True
+
+    def __init__(self, metric: str = "acc") -> None:
+        if metric not in ("acc", "ppl", "bpc", "loss"):
+            raise ValueError(f"classify_each metric must be acc, ppl, bpc or loss, got {metric!r}")
+        self.metric, self.mode = metric, ("max" if metric == "acc" else "min")
+
+    @staticmethod
+    def _flat(out: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+        logits, y = out.reshape(-1, out.shape[-1]), batch["y"].reshape(-1)
+        mask = batch.get("mask")
+        if mask is not None:
+            keep = mask.reshape(-1)
+            logits, y = logits[keep], y[keep]
+        return logits, y
+
+    def loss(self, out: Tensor, batch: dict) -> Tensor:
+        return F.cross_entropy(*self._flat(out, batch))
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        logits, y = self._flat(out, batch)
+        meter.add(y.numel(), loss=F.cross_entropy(logits, y, reduction="sum"), acc=(logits.argmax(-1) == y).sum())
+
+    def compute(self, meter: Meter) -> dict[str, float]:
+        avg = meter.averages()
+        nats = avg.get("loss", float("nan"))
+        avg["ppl"] = math.exp(min(nats, 700.0))
+        avg["bpc"] = nats / math.log(2.0)
+        return avg
+
+
+class Tag(ClassifyEach):
+    """Per-token tagging (slot filling): cross-entropy over real tokens (mask). Span-level F1 needs the label
+    dictionary of the dataset and is computed by that dataset's evaluator."""
+
+    type = TaskType.tag
+
+
+class MultilabelEach(Task):
+    """Per-step multi-label (polyphonic music): Bernoulli NLL summed over keys, averaged over frames."""
+
+    type = TaskType.multilabel_each
+    sequence_output = True
+    metric, mode = "nll", "min"
+
+    def _frame_nll(self, out: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
+        nll = F.binary_cross_entropy_with_logits(out, batch["y"], reduction="none").sum(-1)  # (B, T)
+        mask = batch.get("mask")
+        mask = torch.ones_like(nll, dtype=torch.bool) if mask is None else mask
+        return nll[mask], mask
+
+    def loss(self, out: Tensor, batch: dict) -> Tensor:
+        return self._frame_nll(out, batch)[0].mean()
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        nll, mask = self._frame_nll(out, batch)
+        meter.add(mask.sum(), nll=nll.sum(), loss=nll.sum())
+
+
+class Regression(Task):
+    type = TaskType.regression
+    metric, mode = "mse", "min"
+
+    def loss(self, out: Tensor, batch: dict) -> Tensor:
+        return F.mse_loss(out, batch["y"])
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        se = F.mse_loss(out, batch["y"], reduction="sum")
+        meter.add(batch["y"].numel(), mse=se, loss=se)
+
+
+TASKS = {
+    TaskType.classify_last: ClassifyLast,
+    TaskType.classify_each: ClassifyEach,
+    TaskType.multilabel_each: MultilabelEach,
+    TaskType.tag: Tag,
+    TaskType.regression: Regression,
+}
+
+
+def build_task(task_type: TaskType | str, **kwargs) -> Task:
+    return TASKS[TaskType(task_type)](**kwargs)

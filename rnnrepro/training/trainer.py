@@ -1,0 +1,206 @@
+"""The training loop: budgets, evaluation, model selection on validation, checkpoints and resume.
+
+Evaluation protocol: the validation metric is computed every epoch (or every ``trainer.eval_every_n_steps``
+optimizer steps); the weights with the best validation metric are kept in ``best.pt``. At the end the test split is
+evaluated twice: with the best-validation weights (``test_at_best_val``) and with the last weights (``test_last``).
+The test set never influences training or selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+
+from rnnrepro.data.base import SequenceDataModule
+from rnnrepro.loggers import CSVLogger, WandbMirror
+from rnnrepro.models import SequenceModel
+from rnnrepro.training import checkpoint
+from rnnrepro.training.algorithms import Diverged, GradientAlgorithm
+from rnnrepro.training.optim import Schedule
+from rnnrepro.training.seeding import rng_state, set_rng_state
+
+log = logging.getLogger("rnnrepro")
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    best_val: Optional[float] = None
+    best_step: Optional[int] = None
+    wall_time_s: float = 0.0
+    last_eval_step: int = -1
+    train_loss_sum: float = 0.0
+    train_loss_count: int = 0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Any, model: SequenceModel, data: SequenceDataModule, algorithm: GradientAlgorithm,
+                 optimizer: torch.optim.Optimizer, schedule: Schedule, device: torch.device, output_dir: str,
+                 csv: CSVLogger, mirror: WandbMirror) -> None:
+        self.cfg, self.tcfg = cfg, cfg.trainer
+        self.model, self.data, self.algorithm = model, data, algorithm
+        self.optimizer, self.schedule, self.device = optimizer, schedule, device
+        self.output_dir, self.csv, self.mirror = output_dir, csv, mirror
+        self.task = model.task
+        self.p = Progress()
+        self._clock = time.perf_counter()
+        self.last_path = os.path.join(output_dir, "last.pt")
+        self.best_path = os.path.join(output_dir, "best.pt")
+
+    # ------------------------------------------------------------------------------------------ optimizer step
+    def _update(self) -> int:
+        if self.tcfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.after_optimizer_step()  # projections of constrained weights
+        self.schedule.step("step")
+        self.p.step += 1
+        return self.p.step
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        from rnnrepro.tasks.base import Meter
+
+        self.model.eval()
+        meter, state = Meter(), None
+        limit = self.tcfg.limit_eval_batches
+        for i, batch in enumerate(self.data.eval_batches(split)):
+            if limit is not None and i >= limit:
+                break
+            batch = self._to_device(batch)
+            out, new_state = self.model(batch["x"], state)
+            state = new_state if self.algorithm.carry_state else None
+            self.task.update(meter, out, batch)
+        self.model.train()
+        return self.task.compute(meter)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _elapsed(self) -> float:
+        now = time.perf_counter()
+        self.p.wall_time_s += now - self._clock
+        self._clock = now
+        return self.p.wall_time_s
+
+    def _log_row(self, split: str, metrics: dict) -> dict:
+        row = {"step": self.p.step, "epoch": self.p.epoch, "split": split, **metrics,
+               "lr": self.optimizer.param_groups[0]["lr"], "wall_time_s": round(self._elapsed(), 3)}
+        self.csv.log(row)
+        self.mirror.log(row)
+        return row
+
+    def _validate_and_checkpoint(self) -> None:
+        if self.p.train_loss_count:
+            self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count})
+        metrics = self.evaluate("val")
+        self._log_row("val", metrics)
+        value = metrics[self.task.metric]
+        improved = self.task.is_better(value, self.p.best_val)
+        if improved:
+            self.p.best_val, self.p.best_step = value, self.p.step
+            checkpoint.save_atomic({"model": self.model.state_dict(), "step": self.p.step}, self.best_path)
+        log.info("step %d epoch %d | train loss %.4f | val %s %.4f%s", self.p.step, self.p.epoch,
+                 self.p.train_loss_sum / max(self.p.train_loss_count, 1), self.task.metric, value,
+                 " (best)" if improved else "")
+        self.p.train_loss_sum, self.p.train_loss_count = 0.0, 0
+        self.p.last_eval_step = self.p.step
+        if self.tcfg.checkpoint:
+            self.save_last()
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def save_last(self) -> None:
+        self._elapsed()
+        checkpoint.save_atomic({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(), "progress": self.p.__dict__.copy(), "rng": rng_state(),
+            "data": self.data.checkpoint_state(), "data_description": self.data.describe(),
+            "algorithm_state": self.algorithm.state, "wandb_id": self.mirror.run_id,
+        }, self.last_path)
+
+    def load_last(self, path: str) -> None:
+        state = checkpoint.load(path)
+        saved, current = state["data_description"], self.data.describe()
+        if saved.get("permutation_sha1") != current.get("permutation_sha1"):
+            raise RuntimeError(f"checkpoint {path} was trained with permutation {saved.get('permutation_sha1')}, "
+                               f"this run builds {current.get('permutation_sha1')}; refusing to resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.p = Progress(**state["progress"])
+        self.algorithm.state = state["algorithm_state"]
+        set_rng_state(state["rng"])
+        self.csv.truncate_after(self.p.step)
+        self._clock = time.perf_counter()
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.p.step, self.p.epoch,
+                 self.p.batch_in_epoch)
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def _budget_left(self) -> bool:
+        max_steps = self.tcfg.max_steps
+        return self.p.epoch < int(self.tcfg.max_epochs) and (max_steps is None or self.p.step < int(max_steps))
+
+    def fit(self) -> dict:
+        """Trains until a budget ends. Returns {status, error}; raises nothing for divergence."""
+        status, error = "completed", None
+        eval_every = self.tcfg.eval_every_n_steps
+        n_batches = self.data.num_train_batches()
+        self.model.train()
+        try:
+            while self._budget_left():
+                if self.p.batch_in_epoch == 0:
+                    self.algorithm.reset()
+                bar = tqdm(total=n_batches, initial=self.p.batch_in_epoch, desc=f"epoch {self.p.epoch}",
+                           leave=False, disable=None if self.tcfg.progress_bar else True, dynamic_ncols=True)
+                for batch in self.data.train_batches(self.p.epoch, self.p.batch_in_epoch):
+                    loss = self.algorithm.train_batch(self._to_device(batch), self._update)
+                    self.p.train_loss_sum += loss
+                    self.p.train_loss_count += 1
+                    self.p.batch_in_epoch += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if eval_every is not None and self.p.step % int(eval_every) == 0:
+                        self._validate_and_checkpoint()
+                    if not self._budget_left():
+                        break
+                bar.close()
+                epoch_done = self.p.batch_in_epoch >= n_batches
+                if epoch_done:
+                    self.p.epoch += 1
+                    self.p.batch_in_epoch = 0
+                    self.schedule.step("epoch")
+                if (epoch_done and eval_every is None) or not self._budget_left():
+                    if self.p.last_eval_step != self.p.step:
+                        self._validate_and_checkpoint()
+        except Diverged as err:
+            status, error = "diverged", f"{err} at optimizer step {self.p.step}; last good checkpoint kept"
+            log.error(error)
+        return {"status": status, "error": error}
+
+    def test(self, diverged: bool) -> dict:
+        """Test metrics with the last weights and with the best-validation weights."""
+        result: dict[str, Any] = {"test_last": None, "test_at_best_val": None, "val_last": None}
+        if not diverged:
+            result["test_last"] = self.evaluate("test")
+            self._log_row("test_last", result["test_last"])
+            last = self.csv.last("val")
+            result["val_last"] = {k: v for k, v in last.items() if k not in ("step", "epoch", "split",
+                                                                               "wall_time_s", "lr")} if last else None
+        if os.path.exists(self.best_path):
+            current = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(checkpoint.load(self.best_path)["model"])
+            result["test_at_best_val"] = self.evaluate("test")
+            self._log_row("test_at_best_val", result["test_at_best_val"])
+            self.model.load_state_dict(current)
+        return result

@@ -1,0 +1,37 @@
+"""Test helpers: tiny datasets written in their real on-disk formats, and config composition."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = str(REPO / "conf")
+SHARED_DATA = Path(os.environ.get("RNNREPRO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Writes an IDX file (the MNIST format): magic 0x0000 08 <ndim>, big-endian dims, uint8 payload."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    with open(path, "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, array.ndim))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.tobytes())
+
+
+def write_fake_mnist(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+    """A learnable toy MNIST in torchvision's layout: the label sets the brightness of one image row."""
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):
+            images[i, 2 + 2 * y, :] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return Path(root)
