@@ -8,6 +8,7 @@ before any data is touched.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -181,9 +182,12 @@ class MNISTDataConfig(DataConfig):
     name: str = "smnist"
     permutation: str = "identity"
     normalize: Normalize = Normalize.mean_std
+    pixels_per_step: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require(self.pixels_per_step >= 1 and 784 % self.pixels_per_step == 0, "data.pixels_per_step",
+                 f"must divide 784 (1, 2, 4, 7, 14, 16, 28, ...), got {self.pixels_per_step}")
         from rnnrepro.data.permutations import check_permutation_name
 
         check_permutation_name(self.permutation)
@@ -333,6 +337,7 @@ class MetaConfig:
     table: Optional[str] = None
     row: Optional[str] = None
     tier: Optional[str] = None  # smoke | full, set by scripts/reproduce_tables.py
+    seeds: list = field(default_factory=lambda: [0, 1, 2])  # the seeds a paper table averages over
 
 
 @dataclass
@@ -384,4 +389,20 @@ def validate(cfg: DictConfig) -> Config:
         if node is None or OmegaConf.get_type(node) is dict:
             raise ConfigError(f"{key}: the selected config is not backed by a schema; its YAML must start with a "
                               f"defaults entry such as '/schema/{key}/<name>@_here_'")
+    _reject_unknown_keys(cfg, "")
     return OmegaConf.to_object(cfg)
+
+
+def _reject_unknown_keys(node: Any, prefix: str) -> None:
+    """Hydra's '+key=value' adds keys even to schema-backed nodes; a key the schema lacks is a typo."""
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        allowed = {f.name for f in dataclasses.fields(schema)}
+        for key in node.keys():
+            if key not in allowed:
+                raise ConfigError(f"{prefix}{key}: unknown key; {prefix.rstrip('.') or 'the config'} accepts "
+                                  f"{', '.join(sorted(k for k in allowed if not k.startswith('_')))}")
+    for key in node.keys():
+        _reject_unknown_keys(node._get_node(key), f"{prefix}{key}.")

@@ -15,7 +15,8 @@ def mnist_root(tmp_path_factory):
 
 # Small, fast settings for smoke runs on generated data.
 TINY = ["trainer.max_epochs=1", "trainer.max_steps=2", "trainer.progress_bar=false", "trainer.device=cpu",
-        "model.hidden_size=8", "data.batch_size=16", "data.eval_batch_size=32", "trainer.limit_eval_batches=2"]
+        "model.hidden_size=8", "data.batch_size=16", "data.eval_batch_size=32", "trainer.limit_eval_batches=2",
+        "data.pixels_per_step=28"]
 
 
 @pytest.fixture

@@ -1,0 +1,136 @@
+"""Paper tables from executed runs: measured mean ± std over seeds beside the reported value.
+
+Reported values live in ``results/expected/<paper>.csv`` (one row per table cell: the preset that reproduces it, the
+metric and unit, the reported value, whether it comes from the paper itself or from a figure / log, and the source).
+Cells whose value the spec marks "not found" keep an empty ``reported``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from rnnrepro.results.summary import read_summary
+
+TIER_LABELS = {
+    "smoke": "smoke: pipeline check, not a reproduction (tiny budgets; numbers say nothing about the papers)",
+    "full": "full: the papers' budgets",
+}
+
+
+def expected_path(results_dir: str, paper: str) -> str:
+    return os.path.join(results_dir, "expected", f"{paper}.csv")
+
+
+def list_papers(results_dir: str) -> list[str]:
+    return sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(results_dir, "expected", "*.csv")))
+
+
+def load_expected(results_dir: str, paper: str) -> pd.DataFrame:
+    frame = pd.read_csv(expected_path(results_dir, paper), dtype={"reported": "float64"}, keep_default_na=True)
+    required = {"paper", "table", "column", "row", "experiment", "metric", "unit", "reported", "reported_kind",
+                "source"}
+    missing = required - set(frame.columns)
+    if missing:
+        raise ValueError(f"{expected_path(results_dir, paper)} lacks columns {sorted(missing)}")
+    return frame
+
+
+def load_summaries(run_dirs: list[str]) -> list[dict]:
+    out = []
+    for d in run_dirs:
+        path = os.path.join(d, "summary.json")
+        if os.path.exists(path):
+            out.append(read_summary(path))
+    return out
+
+
+def _scale(unit: str) -> float:
+    return 100.0 if unit == "%" else 1.0
+
+
+def _mean_std(values: list[float], digits: int) -> tuple[Optional[float], Optional[float], str]:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return None, None, "—"
+    mean = float(np.mean(vals))
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return mean, std, f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
+    """One table row: measured statistics of the finished runs of one preset, and the reported value."""
+    scale = _scale(str(expected["unit"]))
+    digits = 2 if scale == 100.0 else 3
+    ok = [s for s in summaries if s.get("status") == "completed"]
+    best = [s["test_at_best_val"] * scale if s.get("test_at_best_val") is not None else None for s in ok]
+    last = [s["test_last"] * scale if s.get("test_last") is not None else None for s in ok]
+    mean_best, std_best, text_best = _mean_std(best, digits)
+    _, _, text_last = _mean_std(last, digits)
+    reported = expected["reported"]
+    has_reported = reported is not None and np.isfinite(reported)
+    return {
+        "column": expected["column"], "row": expected["row"],
+        "test_at_best_val": text_best, "test_last": text_last, "seeds": len(ok),
+        "failed_or_diverged": len(summaries) - len(ok),
+        "reported": f"{reported:g}" if has_reported else "not found",
+        "reported_kind": expected["reported_kind"],
+        "diff": f"{mean_best - reported:+.{digits}f}" if (has_reported and mean_best is not None) else "—",
+        "unit": expected["unit"],
+        "mean_test_at_best_val": mean_best, "std_test_at_best_val": std_best,
+        "steps": int(np.median([s["steps"] for s in ok])) if ok else None,
+        "wall_time_s": round(float(np.mean([s["wall_time_s"] for s in ok])), 1) if ok else None,
+        "experiment": expected["experiment"],
+        "git_sha": ",".join(sorted({str(s.get("git_sha", "?"))[:10] for s in summaries})) or "—",
+        "device": ",".join(sorted({str(s.get("device_name", "?")) for s in summaries})) or "—",
+        "finished_at": max((str(s.get("finished_at")) for s in summaries), default="—"),
+        "source": expected["source"],
+    }
+
+
+MARKDOWN_COLUMNS = ["column", "row", "test_at_best_val", "test_last", "seeds", "reported", "reported_kind", "diff",
+                    "steps", "experiment"]
+
+
+def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
+    shas = sorted({s for cell in rows["git_sha"] for s in str(cell).split(",")})
+    devices = sorted({s for cell in rows["device"] for s in str(cell).split(",")})
+    sources = sorted(set(rows["source"]))
+    lines = [
+        f"# {paper} / {table}",
+        "",
+        f"**Tier — {TIER_LABELS[tier]}**",
+        "",
+        "Measured: test metric at the best-validation checkpoint (validation carved from the training set) and at the "
+        "end of training, mean ± sample std over seeds. `reported` is the published value; `reported_kind` says "
+        "whether it comes from the paper's own table or was read off a figure / log. `diff` = measured (test at "
+        "best val) − reported.",
+        "",
+        rows[MARKDOWN_COLUMNS].to_markdown(index=False),
+        "",
+        "Provenance",
+        f"- command: `{command}`",
+        f"- git SHA(s): {', '.join(shas)}",
+        f"- device(s): {', '.join(devices)}",
+        f"- last run finished: {max(rows['finished_at'])}",
+        "- configs: `conf/experiment/<experiment>.yaml`; each run's resolved `config.yaml` and `summary.json` "
+        "sit in its run directory",
+        "- reported values: " + "; ".join(sources),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_table(results_dir: str, paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
+    out_dir = os.path.join(results_dir, paper)
+    os.makedirs(out_dir, exist_ok=True)
+    stem = table if tier == "full" else f"{table}.{tier}"
+    rows.assign(tier=tier).to_csv(os.path.join(out_dir, f"{stem}.csv"), index=False)
+    path = os.path.join(out_dir, f"{stem}.md")
+    with open(path, "w") as f:
+        f.write(render_markdown(paper, table, tier, rows, command))
+    return path

@@ -1,0 +1,148 @@
+"""End-to-end runs on generated MNIST files: outputs, schemas, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from rnnrepro.api import run
+from rnnrepro.config import ConfigError
+from rnnrepro.results.summary import STATUSES, SUMMARY_FIELDS
+
+
+def test_run_writes_config_metrics_and_summary(compose_cfg, tmp_path):
+    out = tmp_path / "run"
+    summary = run(compose_cfg("model=antisym", "trainer.max_steps=4", "trainer.eval_every_n_steps=2", output_dir=out))
+    for name in ("config.yaml", "metrics.csv", "summary.json", "last.pt", "best.pt"):
+        assert (out / name).exists(), name
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_FIELDS) <= set(on_disk)
+    assert on_disk["status"] in STATUSES and on_disk["status"] == "completed"
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    assert on_disk["model"] == "antisym" and on_disk["dataset"] == "pmnist" and on_disk["seed"] == 0
+    assert on_disk["steps"] == 4 and on_disk["metric"] == "acc"
+    n, m = 8, 1  # tiny hidden size from conftest
+    assert on_disk["params_free"] == n * (n - 1) // 2 + n * m + n + n * 10 + 10
+    assert on_disk["params"] == on_disk["params_free"]  # triu storage: nothing redundant
+    assert on_disk["data"]["permutation_sha1"] == "24671c758bbde37b4a89bcc53d93f181e40001a8"
+    assert 0.0 <= on_disk["test_at_best_val"] <= 1.0 and 0.0 <= on_disk["test_last"] <= 1.0
+    assert on_disk["torch_version"] == torch.__version__ and on_disk["device"] == "cpu"
+
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns[:3]) == ["step", "epoch", "split"]
+    assert list(metrics.columns[-2:]) == ["lr", "wall_time_s"]
+    assert {"loss", "acc"} <= set(metrics.columns)
+    val = metrics[metrics.split == "val"]
+    assert list(val.step) == [2, 4]  # one row per evaluation
+    assert set(metrics.split) == {"train", "val", "test_last", "test_at_best_val"}
+    assert metrics.wall_time_s.is_monotonic_increasing
+    best = val.acc.max()
+    assert on_disk["best_val"] == pytest.approx(best)
+    assert on_disk["best_step"] == int(val[val.acc == best].step.iloc[0])
+
+
+def test_lstm_free_parameters_discount_second_bias(compose_cfg, tmp_path):
+    summary = run(compose_cfg("model=lstm", "model.hidden_size=16", output_dir=tmp_path / "lstm"))
+    n, m = 16, 1
+    assert summary["params"] == 4 * (n * m + n * n + 2 * n) + n * 10 + 10
+    assert summary["params_free"] == summary["params"] - 4 * n
+
+
+def test_existing_run_dir_is_not_overwritten(compose_cfg, tmp_path):
+    out = tmp_path / "run"
+    run(compose_cfg(output_dir=out))
+    before = (out / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(compose_cfg(output_dir=out))
+    assert (out / "summary.json").read_text() == before
+
+
+def _crash_after(monkeypatch, n_steps):
+    """Makes the trainer die (like a killed job) once it has taken n_steps optimizer steps."""
+    from rnnrepro.training.trainer import Trainer
+
+    original = Trainer._update
+
+    def update(self):
+        step = original(self)
+        if step == n_steps:
+            raise KeyboardInterrupt("simulated preemption")
+        return step
+
+    monkeypatch.setattr(Trainer, "_update", update)
+
+
+@pytest.mark.parametrize("eval_every", [None, 3])
+def test_resume_equals_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, eval_every):
+    common = ["model=lstm", "model.impl=cell", "trainer.max_epochs=3", "trainer.max_steps=null",
+              "trainer.deterministic=true", "data.batch_size=32", "trainer.limit_eval_batches=null",
+              "optimizer=sgd", "optimizer.lr=0.05", "scheduler=linear"]
+    if eval_every:
+        common.append(f"trainer.eval_every_n_steps={eval_every}")
+    reference = run(compose_cfg(*common, output_dir=tmp_path / "ref"))
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        _crash_after(patch, 5)  # mid-epoch 2 (3 batches per epoch), after at least one checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            run(compose_cfg(*common, output_dir=out))
+    crashed = json.loads((out / "summary.json").read_text())
+    assert crashed["status"] == "failed" and "KeyboardInterrupt" in crashed["error"]
+    resumed = run(compose_cfg(*common, "resume=auto", output_dir=out))
+
+    assert resumed["steps"] == reference["steps"] == 9
+    for key in ("best_val", "best_step", "test_at_best_val", "test_last", "val_last"):
+        assert resumed[key] == reference[key], key
+    ref_csv = pd.read_csv(tmp_path / "ref" / "metrics.csv").drop(columns="wall_time_s")
+    res_csv = pd.read_csv(out / "metrics.csv").drop(columns="wall_time_s")
+    pd.testing.assert_frame_equal(ref_csv, res_csv)
+    ref_state = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
+    res_state = torch.load(out / "last.pt", weights_only=False)["model"]
+    for name in ref_state:
+        assert torch.equal(ref_state[name], res_state[name]), name
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(compose_cfg, tmp_path):
+    summary = run(compose_cfg("resume=auto", output_dir=tmp_path / "fresh"))
+    assert summary["status"] == "completed" and summary["steps"] == 2
+
+
+def test_resume_from_missing_path_names_the_fix(compose_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume=auto"):
+        run(compose_cfg(f"resume={tmp_path / 'nowhere'}", output_dir=tmp_path / "x"))
+
+
+def test_nan_loss_stops_with_diverged_and_keeps_last_good_checkpoint(compose_cfg, tmp_path, monkeypatch):
+    from rnnrepro.tasks.base import ClassifyLast
+
+    original = ClassifyLast.loss
+    calls = {"n": 0}
+
+    def loss(self, out, batch):
+        calls["n"] += 1
+        value = original(self, out, batch)
+        return value * float("nan") if calls["n"] > 4 else value
+
+    monkeypatch.setattr(ClassifyLast, "loss", loss)
+    out = tmp_path / "nan"
+    summary = run(compose_cfg("trainer.max_steps=10", "trainer.eval_every_n_steps=2", output_dir=out))
+    assert summary["status"] == "diverged" and "nan" in summary["error"]
+    assert summary["steps"] == 4 and summary["test_last"] is None
+    assert summary["test_at_best_val"] is not None  # the best-validation weights are still good
+    last = torch.load(out / "last.pt", weights_only=False)
+    assert last["progress"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_seed_zero_is_a_seed(compose_cfg, tmp_path):
+    a = run(compose_cfg("seed=0", output_dir=tmp_path / "a"))
+    b = run(compose_cfg("seed=0", output_dir=tmp_path / "b"))
+    c = run(compose_cfg("seed=1", output_dir=tmp_path / "c"))
+    assert a["test_last_all"] == b["test_last_all"]
+    assert a["test_last_all"] != c["test_last_all"]
+    assert math.isfinite(a["test_last_all"]["loss"])
