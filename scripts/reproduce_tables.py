@@ -34,6 +34,7 @@ from rnnrepro.results.aggregate import (  # noqa: E402
     write_table,
 )
 
+RESULTS = REPO / "results"
 SMOKE_OVERRIDES = ["trainer.max_epochs=1", "trainer.max_steps=10", "trainer.limit_eval_batches=2",
                    "trainer.progress_bar=false"]
 SMOKE_SEEDS = 2
@@ -48,7 +49,7 @@ def preset_seeds(experiment: str) -> list[int]:
 
 def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str]) -> list[dict]:
     runs = []
-    for _, cell in load_expected(str(REPO / "results"), paper).iterrows():
+    for _, cell in load_expected(str(RESULTS), paper).iterrows():
         seeds = preset_seeds(cell["experiment"])
         if tier == "smoke":
             seeds = seeds[:SMOKE_SEEDS]
@@ -92,18 +93,18 @@ def execute(run: dict, threads: int | None) -> int:
 
 
 def render(paper: str, tier: str, runs: list[dict], command: str) -> list[str]:
-    expected = load_expected(str(REPO / "results"), paper)
+    expected = load_expected(str(RESULTS), paper)
     written = []
     for table, cells in expected.groupby("table", sort=False):
         rows = []
         for _, cell in cells.iterrows():
             dirs = [str(r["dir"]) for r in runs if r["experiment"] == cell["experiment"]]
             rows.append(summarise_cell(cell, load_summaries(dirs)))
-        written.append(write_table(str(REPO / "results"), paper, str(table), tier, pd.DataFrame(rows), command))
+        written.append(write_table(str(RESULTS), paper, str(table), tier, pd.DataFrame(rows), command))
     return written
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=["smoke", "full"], default="smoke")
     parser.add_argument("--paper", default="all", help="a file name under results/expected/ (without .csv), or all")
@@ -111,12 +112,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU threads are split between them)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing, render nothing")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. data.root=/data")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    papers = list_papers(str(REPO / "results")) if args.paper == "all" else [args.paper]
-    unknown = [p for p in papers if p not in list_papers(str(REPO / "results"))]
+    papers = list_papers(str(RESULTS)) if args.paper == "all" else [args.paper]
+    unknown = [p for p in papers if p not in list_papers(str(RESULTS))]
     if unknown:
-        parser.error(f"unknown paper {unknown}; choose from {list_papers(str(REPO / 'results'))} or all")
+        parser.error(f"unknown paper {unknown}; choose from {list_papers(str(RESULTS))} or all")
     command = "make reproduce-tables " + f"TIER={args.tier} PAPER={args.paper}"
     plans = {p: plan_runs(p, args.tier, Path(args.runs_dir), args.overrides) for p in papers}
     if args.dry_run:
@@ -131,7 +132,7 @@ def main() -> int:
     failed = [r["dir"] for r, c in zip(all_runs, codes) if c != 0]
     for paper, runs in plans.items():
         for path in render(paper, args.tier, runs, command):
-            print(f"wrote {os.path.relpath(path, REPO)}")
+            print(f"wrote {path}")
     if failed:
         print(f"{len(failed)} run(s) failed; see run.log in: " + ", ".join(map(str, failed)), file=sys.stderr)
         return 1

@@ -1,0 +1,85 @@
+"""Paper tables: aggregation of run summaries beside the reported values, and the reproduce-tables driver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from helpers import REPO
+from rnnrepro.results.aggregate import list_papers, load_expected, summarise_cell, write_table
+
+
+def _summary(value, last, status="completed", sha="abc1234567", seed=0):
+    return {"status": status, "test_at_best_val": value, "test_last": last, "steps": 100, "wall_time_s": 10.0,
+            "git_sha": sha, "device_name": "cpu (test)", "finished_at": "2026-01-01T00:00:00+00:00", "seed": seed}
+
+
+def test_expected_files_cover_the_issue_tables():
+    assert {"antisymmetric_rnn", "sbo_rnn"} <= set(list_papers(str(REPO / "results")))
+    anti = load_expected(str(REPO / "results"), "antisymmetric_rnn")
+    assert set(anti.column) == {"MNIST", "pMNIST"} and len(anti) == 6
+    assert (anti.reported_kind == "paper").all()
+    assert anti.set_index("experiment").reported["antisymmetric_rnn/table1_pmnist_antisym"] == 95.8
+    sbo = load_expected(str(REPO / "results"), "sbo_rnn")
+    assert (sbo.reported_kind == "figure").all()  # read off a figure, never mixed into a "paper" column
+    assert set(sbo.row) == {"Ours (SBO-RNN)", "LSTM", "RNN", "iRNN", "AntisymmetricRNN"}
+
+
+def test_cell_statistics_and_difference():
+    expected = pd.Series({"column": "MNIST", "row": "X", "unit": "%", "reported": 98.0, "reported_kind": "paper",
+                          "experiment": "p/x", "source": "[paper Table 1]"})
+    runs = [_summary(0.97, 0.96, seed=0), _summary(0.99, 0.98, seed=1), _summary(None, None, "diverged", seed=2)]
+    cell = summarise_cell(expected, runs)
+    assert cell["seeds"] == 2 and cell["failed_or_diverged"] == 1
+    assert cell["mean_test_at_best_val"] == pytest.approx(98.0)
+    assert cell["std_test_at_best_val"] == pytest.approx(1.41421356, rel=1e-6)  # sample std over seeds
+    assert cell["test_at_best_val"] == "98.00 ± 1.41" and cell["test_last"] == "97.00 ± 1.41"
+    assert cell["diff"] == "+0.00" and cell["reported"] == "98"
+
+
+def test_not_found_reported_values_stay_empty(tmp_path):
+    expected = pd.Series({"column": "pMNIST", "row": "Y", "unit": "%", "reported": float("nan"),
+                          "reported_kind": "paper", "experiment": "p/y", "source": "[not found]"})
+    cell = summarise_cell(expected, [_summary(0.5, 0.5)])
+    assert cell["reported"] == "not found" and cell["diff"] == "—"
+    path = write_table(str(tmp_path), "p", "t", "smoke", pd.DataFrame([cell]), "make reproduce-tables")
+    text = open(path).read()
+    assert "smoke: pipeline check, not a reproduction" in text
+    assert "not found" in text and "abc1234567" in text and "cpu (test)" in text
+    assert path.endswith("t.smoke.md") and (tmp_path / "p" / "t.smoke.csv").exists()
+
+
+def test_reproduce_tables_dry_run_plans_every_row():
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce_tables.py"), "--tier", "smoke",
+                             "--paper", "sbo_rnn", "--dry-run", "--runs-dir", "/nonexistent-runs"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 5 * 2  # five rows, two smoke seeds each
+    assert all("meta.tier=smoke" in line and "trainer.max_steps=10" in line for line in lines)
+
+
+def test_reproduce_tables_runs_reuses_and_renders(tmp_path, mnist_root, monkeypatch):
+    """One real preset, end to end through the CLI, with generated data; a second call reuses the runs."""
+    import scripts.reproduce_tables as rt
+
+    results = tmp_path / "results"
+    (results / "expected").mkdir(parents=True)
+    expected = pd.read_csv(REPO / "results" / "expected" / "sbo_rnn.csv").head(1)  # the SBO-RNN row only
+    expected.to_csv(results / "expected" / "sbo_rnn.csv", index=False)
+    monkeypatch.setattr(rt, "RESULTS", results)
+    extra = [f"data.root={mnist_root}", "data.download=false", "model.hidden_size=8", "data.pixels_per_step=28",
+             "trainer.device=cpu"]
+    argv = ["--tier", "smoke", "--paper", "sbo_rnn", "--runs-dir", str(tmp_path / "runs"), *extra]
+    assert rt.main(argv) == 0
+    table = pd.read_csv(results / "sbo_rnn" / "pixel_mnist.smoke.csv")
+    assert table.seeds.tolist() == [2] and table.tier.tolist() == ["smoke"]
+    summaries = sorted((tmp_path / "runs").rglob("summary.json"))
+    assert len(summaries) == 2 and {json.loads(p.read_text())["tier"] for p in summaries} == {"smoke"}
+    stamp = [p.stat().st_mtime_ns for p in summaries]
+    assert rt.main(argv) == 0  # reuse: nothing reruns
+    assert [p.stat().st_mtime_ns for p in summaries] == stamp
