@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
 
 TARGET_RATIO = 1.5  # the project's CPU target: custom cells' fwd+bwd within 1.5x nn.LSTM
 LINEAR_TOLERANCE = 1.25  # "linear in T" when t_long / t_short <= 1.25 * T_long / T_short
+NOISY_IQR = 0.25  # a row is noisy when its fwd+bwd IQR exceeds 25% of its median
 REFERENCE = "nn_lstm"
 
 
@@ -109,6 +110,13 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+
+
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (OSError, AttributeError):
+        return "n/a"
 
 
 def git_sha() -> str:
@@ -279,6 +287,14 @@ def verdict_lines(df: pd.DataFrame, args: argparse.Namespace) -> list[str]:
             names = ", ".join(f"{r.cell} [{r.impl}] {r.ratio_fwdbwd_vs_nn_lstm:.2f}x" for r in miss.itertuples())
             lines.append(f"- T={T}: every cell's fwd+bwd is within {TARGET_RATIO}x nn.LSTM: **no**; "
                          f"{len(miss)} of {len(sub)} miss: {names}.")
+    rel = df["fwdbwd_ms_iqr"] / df["fwdbwd_ms_median"]
+    noisy = df[rel > NOISY_IQR]
+    if noisy.empty:
+        lines.append(f"- Noise: every fwd+bwd IQR is within {NOISY_IQR:.0%} of its median (max {rel.max():.0%}).")
+    else:
+        lines.append(f"- Noise: **{len(noisy)} of {len(df)} rows have a fwd+bwd IQR above {NOISY_IQR:.0%} of the "
+                     f"median** (max {rel.max():.0%}); the machine was probably shared during the run (see the "
+                     "load averages above), so treat the verdicts as unreliable and rerun on a quiet machine.")
     long = df[df["T"] == args.T]
     expected = args.T / args.T_short
     bad = long[long["t784_over_t196"] > LINEAR_TOLERANCE * expected]
@@ -303,7 +319,9 @@ def write_markdown(df: pd.DataFrame, path: Path, args: argparse.Namespace, prov:
         "",
         f"- device: `{prov['device']}` ({prov['device_name']}); torch {prov['torch_version']}; "
         f"threads {prov['num_threads']}; Python {platform.python_version()}; {prov['extra']}",
-        f"- git {prov['git_sha']}; {prov['timestamp']}",
+        f"- git {prov['git_sha']}; {prov['timestamp']}; timing took {prov['elapsed_s']:.0f} s; "
+        f"1-min load average {prov['load_before']} before, {prov['load_after']} after "
+        f"({os.cpu_count()} logical CPUs)",
         f"- sizes: B={args.batch}, n={args.hidden}, m={args.input_size}, T in {{{args.T}, {args.T_short}}}; "
         f"float32; seed {args.seed}",
         f"- protocol: {args.warmup} warm-up + {args.repeats} timed rounds per variant (interleaved, fresh inputs per "
@@ -384,10 +402,13 @@ def main(argv: list[str] | None = None) -> int:
           f"warmup {args.warmup}, repeats {args.repeats}; {len(variants)} variants", flush=True)
 
     build(variants, args.input_size, args.hidden, args.seed, device)
+    prov["load_before"] = load_average()
     start = time.perf_counter()
     for T in (args.T, args.T_short):
         bench_T(variants, T, args, device)
-    print(f"timing took {time.perf_counter() - start:.0f} s", flush=True)
+    prov["elapsed_s"] = time.perf_counter() - start
+    prov["load_after"] = load_average()
+    print(f"timing took {prov['elapsed_s']:.0f} s", flush=True)
 
     df = to_frame(variants, args, prov)
     args.out_dir.mkdir(parents=True, exist_ok=True)
