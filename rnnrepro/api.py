@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import os
 import socket
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -47,7 +47,7 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def _metric(result: Optional[dict], key: str) -> Optional[float]:
+def _metric(result: dict | None, key: str) -> float | None:
     return None if result is None else result.get(key)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -286,13 +286,13 @@ class AlgorithmConfig:
 @dataclass
 class TrainerConfig:
     max_epochs: int = 10
-    max_steps: Optional[int] = None  # optimizer steps; whichever budget ends first stops the run
-    eval_every_n_steps: Optional[int] = None  # None: evaluate at the end of each epoch
-    limit_eval_batches: Optional[int] = None  # for smoke runs only; recorded in the summary
-    grad_clip: Optional[float] = None  # max global L2 norm
+    max_steps: int | None = None  # optimizer steps; whichever budget ends first stops the run
+    eval_every_n_steps: int | None = None  # None: evaluate at the end of each epoch
+    limit_eval_batches: int | None = None  # for smoke runs only; recorded in the summary
+    grad_clip: float | None = None  # max global L2 norm
     device: str = "auto"
     deterministic: bool = False
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     progress_bar: bool = True  # shown only on a terminal
     checkpoint: bool = True
 
@@ -320,8 +320,8 @@ class LoggerConfig:
     # W&B mirror settings; used only when name == "wandb". CSV and JSON are always written.
     mode: WandbMode = WandbMode.online
     project: str = "rnnrepro"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
     tags: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -333,10 +333,10 @@ class MetaConfig:
     """Identifies a run for aggregation: the experiment preset and the paper table row it reproduces."""
 
     experiment: str = "adhoc"
-    paper: Optional[str] = None
-    table: Optional[str] = None
-    row: Optional[str] = None
-    tier: Optional[str] = None  # smoke | full, set by scripts/reproduce_tables.py
+    paper: str | None = None
+    table: str | None = None
+    row: str | None = None
+    tier: str | None = None  # smoke | full, set by scripts/reproduce_tables.py
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # the seeds a paper table averages over
 
 
@@ -351,8 +351,8 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     seed: int = 0
-    resume: Optional[str] = None  # null | auto | path to last.pt or to a run directory
-    output_dir: Optional[str] = None  # null: Hydra's runtime output dir
+    resume: str | None = None  # null | auto | path to last.pt or to a run directory
+    output_dir: str | None = None  # null: Hydra's runtime output dir
 
 
 SCHEMAS = {

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -14,12 +12,12 @@ from rnnrepro.tasks import Task
 
 
 class SequenceModel(nn.Module):
-    def __init__(self, cell: RecurrentCell, head: nn.Module, task: Task, encoder: Optional[nn.Module] = None) -> None:
+    def __init__(self, cell: RecurrentCell, head: nn.Module, task: Task, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.cell, self.head, self.task = cell, head, task
 
-    def forward(self, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """x: (B, T, m) features or (B, T) token ids. Returns head outputs ((B, C) or (B, T, C)) and the state."""
         x = self.encoder(x).transpose(0, 1)  # the cells run time-major
         out, state = self.cell(x, state, return_sequence=self.task.sequence_output)

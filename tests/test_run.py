@@ -25,7 +25,7 @@ def test_run_writes_config_metrics_and_summary(compose_cfg, tmp_path):
     assert on_disk == json.loads(json.dumps(summary, default=str))
     assert on_disk["model"] == "antisym" and on_disk["dataset"] == "pmnist" and on_disk["seed"] == 0
     assert on_disk["steps"] == 4 and on_disk["metric"] == "acc"
-    n, m = 8, 1  # tiny hidden size from conftest
+    n, m = 8, 28  # tiny hidden size and row-by-row input from conftest
     assert on_disk["params_free"] == n * (n - 1) // 2 + n * m + n + n * 10 + 10
     assert on_disk["params"] == on_disk["params_free"]  # triu storage: nothing redundant
     assert on_disk["data"]["permutation_sha1"] == "24671c758bbde37b4a89bcc53d93f181e40001a8"
@@ -47,7 +47,7 @@ def test_run_writes_config_metrics_and_summary(compose_cfg, tmp_path):
 
 def test_lstm_free_parameters_discount_second_bias(compose_cfg, tmp_path):
     summary = run(compose_cfg("model=lstm", "model.hidden_size=16", output_dir=tmp_path / "lstm"))
-    n, m = 16, 1
+    n, m = 16, 28
     assert summary["params"] == 4 * (n * m + n * n + 2 * n) + n * 10 + 10
     assert summary["params_free"] == summary["params"] - 4 * n
 

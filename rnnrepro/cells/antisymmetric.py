@@ -42,7 +42,7 @@ class AntisymmetricRNN(RecurrentCell):
         else:
             raise ValueError(f"model.param must be triu or full, got {param!r}")
 
-        # Paper: inputs N(0, 1/m), recurrent N(0, sigma_w^2 / n) (variances). std_bug: community code's std/variance mix.
+        # Paper: inputs N(0, 1/m), recurrent N(0, sigma_w^2/n) (variances). std_bug: community std/variance mix.
         input_std = 1.0 / math.sqrt(m) if init_scale == "variance" else 1.0 / m
         rec_std = sigma_w / math.sqrt(n) if init_scale == "variance" else sigma_w / n
         with torch.no_grad():

@@ -8,7 +8,7 @@ backward quadratic in T (73x slower at T=784, shared/design/performance.md).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,7 @@ class RecurrentCell(nn.Module):
         return 0
 
     # --- runner ----------------------------------------------------------------------------------------------
-    def forward(self, x: Tensor, state: Optional[State] = None, return_sequence: bool = False) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State | None = None, return_sequence: bool = False) -> tuple[Tensor, State]:
         """x: (T, B, m). Returns (outputs, final state); outputs is (T, B, n) or, without return_sequence, (B, n)."""
         if state is None:
             state = self.init_state(x.shape[1], x)

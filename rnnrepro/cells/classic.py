@@ -8,7 +8,7 @@ same function (tests/test_cells.py checks it).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ class _FusedCell(RecurrentCell):
     def _state_from(self, hn: Any) -> State:
         return (hn[0],)
 
-    def forward(self, x: Tensor, state: Optional[State] = None, return_sequence: bool = False) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State | None = None, return_sequence: bool = False) -> tuple[Tensor, State]:
         if self.impl == "cell":
             return super().forward(x, state, return_sequence)
         out, hn = self.rnn(x, None if state is None else self._hx(state))

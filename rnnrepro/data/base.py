@@ -11,8 +11,9 @@ uses a generator seeded from (run seed, e), so a resumed run sees exactly the ba
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import hydra.utils
 import numpy as np
@@ -32,12 +33,12 @@ class DataSpec:
     input_size: int
     output_size: int
     task: TaskType
-    seq_len: Optional[int] = None
-    vocab_size: Optional[int] = None  # set for token inputs (an embedding of size input_size is added)
+    seq_len: int | None = None
+    vocab_size: int | None = None  # set for token inputs (an embedding of size input_size is added)
     metric: str = "acc"
 
 
-def resolve_root(root: Optional[str]) -> str:
+def resolve_root(root: str | None) -> str:
     return os.path.abspath(os.path.expanduser(root or os.path.join("~", ".cache", "rnnrepro")))
 
 

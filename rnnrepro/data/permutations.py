@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -18,8 +17,8 @@ import torch
 @dataclass(frozen=True)
 class PermutationSpec:
     kind: str  # identity | random | bitrev
-    generator: Optional[str] = None  # torch | numpy (kind=random)
-    seed: Optional[int] = None  # None with kind=random: the run seed
+    generator: str | None = None  # torch | numpy (kind=random)
+    seed: int | None = None  # None with kind=random: the run seed
     source: str = ""
 
     def describe(self) -> dict:
@@ -56,7 +55,7 @@ def _bit_reversal(length: int) -> np.ndarray:
     return reversed_codes[reversed_codes < length]
 
 
-def build_permutation(name: str, length: int, run_seed: Optional[int] = None) -> torch.Tensor:
+def build_permutation(name: str, length: int, run_seed: int | None = None) -> torch.Tensor:
     """Returns the int64 index tensor of the named permutation; x_permuted = x[..., perm]."""
     check_permutation_name(name)
     spec = NAMED_PERMUTATIONS[name]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import pandas as pd
 
@@ -36,6 +35,6 @@ class CSVLogger:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, self.path)
 
-    def last(self, split: str) -> Optional[dict]:
+    def last(self, split: str) -> dict | None:
         rows = [r for r in self.rows if r["split"] == split]
         return rows[-1] if rows else None

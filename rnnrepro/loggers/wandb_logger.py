@@ -4,13 +4,13 @@ and never touches the local metrics.csv / summary.json."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 class WandbMirror:
-    def __init__(self, cfg: Any, run_config: dict, output_dir: str, run_id: Optional[str] = None) -> None:
+    def __init__(self, cfg: Any, run_config: dict, output_dir: str, run_id: str | None = None) -> None:
         self.run = None
         self.enabled = str(getattr(cfg.name, "value", cfg.name)) == "wandb"
         if not self.enabled:
@@ -28,7 +28,7 @@ class WandbMirror:
             self._disable(err)
 
     @property
-    def run_id(self) -> Optional[str]:
+    def run_id(self) -> str | None:
         return getattr(self.run, "id", None)
 
     def _disable(self, err: Exception) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -53,7 +52,7 @@ def _scale(unit: str) -> float:
     return 100.0 if unit == "%" else 1.0
 
 
-def _mean_std(values: list[float], digits: int) -> tuple[Optional[float], Optional[float], str]:
+def _mean_std(values: list[float], digits: int) -> tuple[float | None, float | None, str]:
     vals = [v for v in values if v is not None and np.isfinite(v)]
     if not vals:
         return None, None, "—"

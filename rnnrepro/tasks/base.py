@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +51,7 @@ class Task:
     def compute(self, meter: Meter) -> dict[str, float]:
         return meter.averages()
 
-    def is_better(self, new: float, best: Optional[float]) -> bool:
+    def is_better(self, new: float, best: float | None) -> bool:
         if best is None or not math.isfinite(best):
             return math.isfinite(new)
         return new > best if self.mode == "max" else new < best

@@ -8,7 +8,8 @@ window (truncated BPTT) or once per time step (online algorithms such as RTRL). 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -29,7 +30,7 @@ def check_finite(loss: torch.Tensor) -> float:
 class GradientAlgorithm:
     def __init__(self, cfg: Any, model: SequenceModel, carry_state: bool = False) -> None:
         self.cfg, self.model, self.carry_state = cfg, model, carry_state
-        self.state: Optional[tuple] = None
+        self.state: tuple | None = None
 
     def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
         """Trains on one batch; returns its mean loss. ``update()`` applies the accumulated gradients and returns

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import hydra.utils
 import torch
@@ -54,5 +55,5 @@ class Schedule:
         self.count, self.initial = state["count"], state["initial"]
         self._apply()
 
-    def current(self) -> Optional[float]:
+    def current(self) -> float | None:
         return self.optimizer.param_groups[0]["lr"]

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -33,8 +33,8 @@ class Progress:
     step: int = 0  # optimizer steps
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
-    best_val: Optional[float] = None
-    best_step: Optional[int] = None
+    best_val: float | None = None
+    best_step: int | None = None
     wall_time_s: float = 0.0
     last_eval_step: int = -1
     train_loss_sum: float = 0.0
