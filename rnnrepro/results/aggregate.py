@@ -61,6 +61,14 @@ def _mean_std(values: list[float], digits: int) -> tuple[float | None, float | N
     return mean, std, f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _describe_data(data: dict | None) -> str:
+    if not data:
+        return "?"
+    sizes = data.get("sizes", {})
+    split = "/".join(str(sizes.get(k, "?")) for k in ("train", "val", "test"))
+    return f"{data.get('name')} ({split} train/val/test, permutation {str(data.get('permutation_sha1', ''))[:10]})"
+
+
 def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
     """One table row: measured statistics of the finished runs of one preset, and the reported value."""
     scale = _scale(str(expected["unit"]))
@@ -84,8 +92,10 @@ def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
         "steps": int(np.median([s["steps"] for s in ok])) if ok else None,
         "wall_time_s": round(float(np.mean([s["wall_time_s"] for s in ok])), 1) if ok else None,
         "experiment": expected["experiment"],
-        "git_sha": ",".join(sorted({str(s.get("git_sha", "?"))[:10] for s in summaries})) or "—",
-        "device": ",".join(sorted({str(s.get("device_name", "?")) for s in summaries})) or "—",
+        "git_sha": "; ".join(sorted({str(s.get("git_sha", "?"))[:10] + ("+dirty" if s.get("git_dirty") else "")
+                                     for s in summaries})) or "—",
+        "device": "; ".join(sorted({str(s.get("device_name", "?")) for s in summaries})) or "—",
+        "data": "; ".join(sorted({_describe_data(s.get("data")) for s in summaries})) or "—",
         "finished_at": max((str(s.get("finished_at")) for s in summaries), default="—"),
         "source": expected["source"],
     }
@@ -96,8 +106,9 @@ MARKDOWN_COLUMNS = ["column", "row", "test_at_best_val", "test_last", "seeds", "
 
 
 def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
-    shas = sorted({s for cell in rows["git_sha"] for s in str(cell).split(",")})
-    devices = sorted({s for cell in rows["device"] for s in str(cell).split(",")})
+    def unique(column: str) -> list[str]:
+        return sorted({s for cell in rows[column] for s in str(cell).split("; ")})
+
     sources = sorted(set(rows["source"]))
     lines = [
         f"# {paper} / {table}",
@@ -113,8 +124,9 @@ def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, comma
         "",
         "Provenance",
         f"- command: `{command}`",
-        f"- git SHA(s): {', '.join(shas)}",
-        f"- device(s): {', '.join(devices)}",
+        f"- git SHA(s): {', '.join(unique('git_sha'))}",
+        f"- device(s): {'; '.join(unique('device'))}",
+        f"- data: {'; '.join(unique('data'))}",
         f"- last run finished: {max(rows['finished_at'])}",
         "- configs: `conf/experiment/<experiment>.yaml`; each run's resolved `config.yaml` and `summary.json` "
         "sit in its run directory",
