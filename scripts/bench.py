@@ -119,6 +119,17 @@ def load_average() -> str:
         return "n/a"
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def malloc_setting() -> str:
+    """The allocator settings that change CPU timings: glibc's mmap/trim thresholds and an LD_PRELOADed allocator."""
+    parts = [f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ]
+    if os.environ.get("LD_PRELOAD"):
+        parts.append("LD_PRELOAD=" + ",".join(Path(p).name for p in os.environ["LD_PRELOAD"].split(":") if p))
+    return "; ".join(parts) or "default"
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -274,7 +285,8 @@ def to_frame(variants: list[Variant], args: argparse.Namespace, prov: dict[str, 
                 # the same ratios from the minima: less sensitive to a machine shared with other jobs
                 "ratio_fwdbwd_min_vs_nn_lstm": b_min / ref_fb_min, "t784_over_t196_min": lin_min,
                 "key": v.key,
-                **{k: prov[k] for k in ("device_name", "torch_version", "num_threads", "git_sha", "timestamp")},
+                **{k: prov[k] for k in ("device_name", "torch_version", "num_threads", "git_sha", "timestamp",
+                                        "malloc")},
             })
     return pd.DataFrame(rows)
 
@@ -328,7 +340,8 @@ def write_markdown(df: pd.DataFrame, path: Path, args: argparse.Namespace, prov:
         f"# Cell benchmark: {prov['device_name']}",
         "",
         f"- device: `{prov['device']}` ({prov['device_name']}); torch {prov['torch_version']}; "
-        f"threads {prov['num_threads']}; Python {platform.python_version()}; {prov['extra']}",
+        f"threads {prov['num_threads']}; Python {platform.python_version()}; {prov['extra']}; "
+        f"malloc: {prov['malloc']}",
         f"- git {prov['git_sha']}; {prov['timestamp']}; timing took {prov['elapsed_s']:.0f} s; "
         f"1-min load average {prov['load_before']} before, {prov['load_after']} after "
         f"({os.cpu_count()} logical CPUs)",
@@ -371,6 +384,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: T=64, 3 repeats, 1 warm-up; writes <device>-quick.{csv,md}")
     p.add_argument("--out-dir", dest="out_dir", type=Path, default=ROOT / "results" / "bench")
+    p.add_argument("--tune-malloc", dest="tune_malloc", action="store_true",
+                   help="re-run this process with glibc's mmap/trim thresholds raised (MALLOC_MMAP_THRESHOLD_, "
+                        "MALLOC_TRIM_THRESHOLD_), so large buffers (nn.LSTM's oneDNN workspace) are reused instead "
+                        "of being page-faulted in on every iteration")
     p.add_argument("--tag", default="", help="suffix of the output names: <device>-<tag>.{csv,md}")
     p.add_argument("--list", action="store_true", help="print the cell keys and exit")
     return p.parse_args(argv)
@@ -378,6 +395,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.tune_malloc and argv is None and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        # glibc reads these variables when the process starts, so re-execute with them set
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     variants = all_variants()
     if args.list:
         for v in variants:
@@ -405,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")
     prov = {
         "device": device.type, "device_name": device_name(device), "torch_version": torch.__version__,
-        "num_threads": torch.get_num_threads(), "git_sha": git_sha(), "extra": extra,
+        "num_threads": torch.get_num_threads(), "git_sha": git_sha(), "extra": extra, "malloc": malloc_setting(),
         "timestamp": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     print(f"bench: {prov['device_name']}, torch {prov['torch_version']}, {prov['num_threads']} threads; "

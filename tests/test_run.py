@@ -146,3 +146,12 @@ def test_seed_zero_is_a_seed(compose_cfg, tmp_path):
     assert a["test_last_all"] == b["test_last_all"]
     assert a["test_last_all"] != c["test_last_all"]
     assert math.isfinite(a["test_last_all"]["loss"])
+
+
+def test_resuming_a_finished_run_does_not_duplicate_rows(compose_cfg, tmp_path):
+    out = tmp_path / "done"
+    first = run(compose_cfg(output_dir=out))
+    again = run(compose_cfg("resume=auto", output_dir=out))
+    assert again["steps"] == first["steps"] and again["test_last"] == first["test_last"]
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert (metrics.split == "test_last").sum() == 1 and (metrics.split == "val").sum() == 1

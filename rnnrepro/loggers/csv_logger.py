@@ -16,10 +16,12 @@ class CSVLogger:
         self.rows: list[dict] = []
 
     def truncate_after(self, step: int) -> None:
-        """On resume: keep the rows up to the checkpoint's step, dropping what a crashed run wrote after it."""
+        """On resume: keep the rows up to the checkpoint's step, dropping what a crashed run wrote after it, and the
+        end-of-run test rows (the resumed run evaluates the test split again when it ends)."""
         if os.path.exists(self.path):
             frame = pd.read_csv(self.path)
-            self.rows = [r for r in frame.to_dict("records") if r["step"] <= step]
+            self.rows = [r for r in frame.to_dict("records")
+                         if r["step"] <= step and not str(r["split"]).startswith("test")]
             self._write()
 
     def log(self, row: dict) -> None:
