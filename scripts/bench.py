@@ -1,7 +1,8 @@
 """Time every recurrent cell beside torch.nn.LSTM, in one process; write results/bench/<device>.csv and .md.
 
 Usage: ``python scripts/bench.py [--repeats N] [--warmup N] [--T 784] [--T-short 196] [--batch 64] [--hidden 128]
-[--cells lstm_cell,sbo_sgd,...] [--quick]`` (``make bench`` runs the defaults). ``--list`` prints the cell keys.
+[--cells lstm_cell,sbo_sgd,...] [--threads N] [--tune-malloc] [--tag NAME] [--quick]`` (``make bench`` runs the
+defaults). ``--list`` prints the cell keys. See results/bench/README.md for the columns.
 
 Protocol (shared/design/performance.md section 7, scaled to a small CPU):
 - every variant is built from its conf/model/*.yaml (Hydra compose + rnnrepro.models.build_cell) after
@@ -330,6 +331,20 @@ def verdict_lines(df: pd.DataFrame, args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def allocator_note(df: pd.DataFrame, args: argparse.Namespace, prov: dict[str, object]) -> list[str]:
+    """On CPU with glibc's default thresholds, nn.LSTM's large oneDNN buffers go back to the OS after every iteration
+    and are page-faulted in again, which makes the reference slow and super-linear in T (measured: 2-3x at T=784)."""
+    if prov["device"] != "cpu" or prov["malloc"] != "default":
+        return []
+    ref = df[(df["key"] == REFERENCE) & (df["T"] == args.T)].iloc[0]
+    if ref["t784_over_t196"] <= LINEAR_TOLERANCE * args.T / args.T_short:
+        return []
+    return [f"- Allocator: nn.LSTM's fwd+bwd is super-linear in T ({ref['t784_over_t196']:.2f}) under glibc's default "
+            "malloc thresholds: its oneDNN buffers (see saved_or_peak_mb) are returned to the OS after every "
+            "iteration and page-faulted in again, which inflates the reference and so flatters every ratio. "
+            "Compare a run with `--tune-malloc` (or jemalloc/tcmalloc) before judging the 1.5x target."]
+
+
 def write_markdown(df: pd.DataFrame, path: Path, args: argparse.Namespace, prov: dict[str, object]) -> None:
     cols = ["cell", "impl", "T", "fwd_ms_median", "fwd_ms_iqr", "fwdbwd_ms_median", "fwdbwd_ms_iqr",
             "fwdbwd_ms_min", "ratio_fwd_vs_nn_lstm", "ratio_fwdbwd_vs_nn_lstm", "t784_over_t196", "saved_or_peak_mb"]
@@ -355,6 +370,7 @@ def write_markdown(df: pd.DataFrame, path: Path, args: argparse.Namespace, prov:
         "## Verdict",
         "",
         *verdict_lines(df, args),
+        *allocator_note(df, args, prov),
         "- `lstm [fused]` runs the same nn.LSTM as the reference, so its ratio shows this run's noise floor.",
         "",
         "## Results",
