@@ -167,17 +167,70 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
-    val_fraction: float = 0.2
-    split_seed: int = 0
+    split_seed: int = 0  # task randomness (validation split, generated sets), independent of the run seed
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
-        _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
-class MNISTDataConfig(DataConfig):
+class SplitDataConfig(DataConfig):
+    """A dataset whose validation set is carved from its official training set."""
+
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+
+
+class AddingMarkers(str, Enum):
+    halves = "halves"
+    uniform = "uniform"
+
+
+@dataclass
+class GeneratedDataConfig(DataConfig):
+    """A generated task: fixed, seeded train / validation / test sets (seeded by data.split_seed)."""
+
+    n_train: int = 100_000
+    n_val: int = 10_000
+    n_test: int = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("n_train", "n_val", "n_test"):
+            _require(getattr(self, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class AddingDataConfig(GeneratedDataConfig):
+    _target_: str = "rnnrepro.data.synthetic.AddingProblem"
+    name: str = "adding"
+    seq_len: int = 100
+    markers: AddingMarkers = AddingMarkers.halves
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+
+
+@dataclass
+class CopyMemoryDataConfig(GeneratedDataConfig):
+    _target_: str = "rnnrepro.data.synthetic.CopyMemory"
+    name: str = "copy_memory"
+    lag: int = 100
+    metric: str = "loss"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.lag >= 1, "data.lag", f"must be >= 1, got {self.lag}")
+        _require(self.metric in ("loss", "acc"), "data.metric", f"must be loss or acc, got {self.metric!r}")
+
+
+@dataclass
+class MNISTDataConfig(SplitDataConfig):
     _target_: str = "rnnrepro.data.mnist.SequentialMNIST"
     name: str = "smnist"
     permutation: str = "identity"
@@ -358,7 +411,7 @@ class Config:
 SCHEMAS = {
     "model": {"rnn": RNNConfig, "irnn": IRNNConfig, "gru": GRUConfig, "lstm": LSTMConfig,
               "antisym": AntisymConfig, "sbo": SBOConfig},
-    "data": {"mnist": MNISTDataConfig},
+    "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 

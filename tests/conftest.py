@@ -27,7 +27,10 @@ def compose_cfg(tmp_path, mnist_root):
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
             base = [f"data.root={mnist_root}", "data.download=false", f"output_dir={output_dir or tmp_path / 'run'}"]
-            return compose("config", overrides=base + (TINY if tiny else []) + list(overrides))
+            tiny_overrides = TINY if tiny else []
+            if any(o.startswith("dataset=") and o not in ("dataset=smnist", "dataset=pmnist") for o in overrides):
+                tiny_overrides = [o for o in tiny_overrides if not o.startswith("data.pixels_per_step")]
+            return compose("config", overrides=base + tiny_overrides + list(overrides))
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -48,7 +48,8 @@ def test_preset_runs_two_steps(preset, compose_cfg, tmp_path):
     summary = run(cfg)
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["experiment"] == preset and summary["paper"] == cfg.meta.paper
-    assert len(summary["data"]["permutation_sha1"]) == 40
+    if summary["dataset"] in ("smnist", "pmnist"):
+        assert len(summary["data"]["permutation_sha1"]) == 40
     rows = EXPECTED[EXPECTED.experiment == preset]
     if not rows.empty and "pMNIST" in set(rows.column):
         assert summary["data"]["permutation"] != "identity"
