@@ -246,6 +246,20 @@ class MNISTDataConfig(SplitDataConfig):
         check_permutation_name(self.permutation)
 
 
+@dataclass
+class PTBWordDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.lm.PTBWord"
+    name: str = "ptb_word"
+    bptt: int = 35
+    embedding_size: int = 200
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.bptt >= 1, "data.bptt", f"must be >= 1, got {self.bptt}")
+        _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class OptimizerConfig:
@@ -411,7 +425,8 @@ class Config:
 SCHEMAS = {
     "model": {"rnn": RNNConfig, "irnn": IRNNConfig, "gru": GRUConfig, "lstm": LSTMConfig,
               "antisym": AntisymConfig, "sbo": SBOConfig},
-    "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig},
+    "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
+             "ptb_word": PTBWordDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 

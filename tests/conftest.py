@@ -5,12 +5,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import rnnrepro.config  # noqa: F401
-from helpers import CONF_DIR, write_fake_mnist
+from helpers import CONF_DIR, write_fake_mnist, write_tiny_ptb
 
 
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory):
-    return write_fake_mnist(tmp_path_factory.mktemp("data"))
+    """A data root with generated MNIST files and a tiny (non-canonical) PTB."""
+    root = write_fake_mnist(tmp_path_factory.mktemp("data"))
+    write_tiny_ptb(root)
+    return root
 
 
 # Small, fast settings for smoke runs on generated data.

@@ -35,3 +35,13 @@ def write_fake_mnist(root: Path, n_train: int = 120, n_test: int = 40, seed: int
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return Path(root)
+
+
+def write_tiny_ptb(root: Path) -> Path:
+    """PTB's layout and format (one sentence per line, space-separated) with a toy text; not the canonical md5s."""
+    folder = Path(root) / "ptb"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = {"train": " the cat sat on the mat \n the dog sat \n", "valid": " the cat \n", "test": " a dog \n"}
+    for split, body in text.items():
+        (folder / f"ptb.{split}.txt").write_text(body * 5)
+    return Path(root)

@@ -59,7 +59,8 @@ def test_reproduce_tables_dry_run_plans_every_row():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert len(lines) == 5 * 2  # five rows, two smoke seeds each
+    rows = len(pd.read_csv(REPO / "results" / "expected" / "sbo_rnn.csv"))
+    assert len(lines) == rows * 2  # every expected row, two smoke seeds each
     assert all("meta.tier=smoke" in line and "trainer.max_steps=10" in line for line in lines)
 
 

