@@ -260,6 +260,24 @@ class PTBWordDataConfig(DataConfig):
         _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
 
 
+class MusicFormat(str, Enum):
+    mat = "mat"
+    pickle = "pickle"
+
+
+@dataclass
+class MusicDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.music.PolyphonicMusic"
+    name: str = "jsb"
+    file_format: MusicFormat = MusicFormat.mat
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = ("jsb", "nottingham", "musedata", "pianomidi")
+        _require(self.name in names, "data.name", f"must be one of {', '.join(names)}, got {self.name!r}")
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class OptimizerConfig:
@@ -426,7 +444,7 @@ SCHEMAS = {
     "model": {"rnn": RNNConfig, "irnn": IRNNConfig, "gru": GRUConfig, "lstm": LSTMConfig,
               "antisym": AntisymConfig, "sbo": SBOConfig},
     "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
-             "ptb_word": PTBWordDataConfig},
+             "ptb_word": PTBWordDataConfig, "music": MusicDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 

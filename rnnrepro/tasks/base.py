@@ -26,7 +26,7 @@ class Meter:
         self.count = 0.0
 
     def add(self, count: float, **sums: float) -> None:
-        self.count += count
+        self.count += float(count)
         for k, v in sums.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
 
