@@ -72,6 +72,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     data = build_datamodule(cfg.data, seed)
     data.setup()  # missing files fail here, before anything is written
     task_kwargs = {"metric": data.spec.metric} if data.spec.task in (TaskType.classify_each, TaskType.tag) else {}
+    if data.spec.task == TaskType.tag:
+        task_kwargs["labels"] = data.spec.labels
     task = build_task(data.spec.task, **task_kwargs)
     model = build_model(cfg.model, data.spec, task).to(device)
     params, params_free = count_parameters(model)

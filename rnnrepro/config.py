@@ -278,6 +278,20 @@ class MusicDataConfig(DataConfig):
         _require(self.name in names, "data.name", f"must be one of {', '.join(names)}, got {self.name!r}")
 
 
+@dataclass
+class ATISDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.atis.ATIS"
+    name: str = "atis"
+    fold: int = 0
+    embedding_size: int = 128
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.fold in range(5), "data.fold", f"must be 0, 1, 2, 3 or 4, got {self.fold}")
+        _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class OptimizerConfig:
@@ -444,7 +458,8 @@ SCHEMAS = {
     "model": {"rnn": RNNConfig, "irnn": IRNNConfig, "gru": GRUConfig, "lstm": LSTMConfig,
               "antisym": AntisymConfig, "sbo": SBOConfig},
     "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
-             "ptb_word": PTBWordDataConfig, "music": MusicDataConfig},
+             "ptb_word": PTBWordDataConfig, "music": MusicDataConfig,
+             "atis": ATISDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 

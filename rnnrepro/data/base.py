@@ -36,6 +36,7 @@ class DataSpec:
     seq_len: int | None = None
     vocab_size: int | None = None  # set for token inputs (an embedding of size input_size is added)
     metric: str = "acc"
+    labels: list | None = None  # tag names (IOB), for span-level F1
 
 
 def resolve_root(root: str | None) -> str:

@@ -105,11 +105,58 @@ class ClassifyEach(Task):
         return avg
 
 
+def iob_chunks(tags: list[str]) -> set[tuple[int, int, str]]:
+    """Spans (start, end, type) of an IOB tag sequence, conlleval's rules: a chunk starts at B-X, or at I-X that
+    does not continue a chunk of type X; it ends before O, B-*, or a tag of another type."""
+    spans, start, kind = set(), None, ""
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-") if tag != "O" else ("O", "", "")
+        if start is not None and (prefix in ("B", "O") or label != kind):
+            spans.add((start, i, kind))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, label
+    return spans
+
+
 class Tag(ClassifyEach):
-    """Per-token tagging (slot filling): cross-entropy over real tokens (mask). Span-level F1 needs the label
-    dictionary of the dataset and is computed by that dataset's evaluator."""
+    """Per-token tagging (slot filling): cross-entropy over real tokens (mask); the selection metric is span-level
+    F1 (conlleval convention: a predicted chunk counts only if its span and type match a gold chunk exactly)."""
 
     type = TaskType.tag
+
+    def __init__(self, metric: str = "f1", labels: list | None = None) -> None:
+        if metric != "f1":
+            super().__init__(metric)
+        else:
+            self.metric, self.mode = "f1", "max"
+        self.labels = labels
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        super().update(meter, out, batch)
+        if self.labels is None:
+            return
+        pred, gold = out.argmax(-1).tolist(), batch["y"].tolist()
+        lengths = batch["mask"].sum(1).tolist() if batch.get("mask") is not None else [len(g) for g in gold]
+        correct = predicted = expected = 0
+        for p, g, n in zip(pred, gold, lengths):
+            p_spans = iob_chunks([self.labels[i] for i in p[: int(n)]])
+            g_spans = iob_chunks([self.labels[i] for i in g[: int(n)]])
+            correct += len(p_spans & g_spans)
+            predicted += len(p_spans)
+            expected += len(g_spans)
+        meter.add(0, chunks_correct=correct, chunks_predicted=predicted, chunks_gold=expected)
+
+    def compute(self, meter: Meter) -> dict[str, float]:
+        result = super().compute(meter)
+        for key in ("chunks_correct", "chunks_predicted", "chunks_gold"):
+            result.pop(key, None)
+        if self.labels is not None:
+            c, p, g = (meter.sums.get(k, 0.0) for k in ("chunks_correct", "chunks_predicted", "chunks_gold"))
+            result["precision"] = c / p if p else 0.0
+            result["recall"] = c / g if g else 0.0
+            result["f1"] = 2 * c / (p + g) if (p + g) else 0.0
+        return result
 
 
 class MultilabelEach(Task):
