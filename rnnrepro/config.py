@@ -113,6 +113,7 @@ class LSTMConfig(ModelConfig):
 class AntisymConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.antisymmetric.AntisymmetricRNN"
     name: str = "antisym"
+    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
     eps: float = 0.01
     gamma: float = 0.01
     sigma_w: float = 1.0
@@ -134,6 +135,7 @@ class AntisymConfig(ModelConfig):
 class SBOConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.sbo.SBORNN"
     name: str = "sbo"
+    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
     solver: SBOSolver = SBOSolver.sgd
     recurrent: SBORecurrent = SBORecurrent.dense_lowrank
     rank: int = 50
@@ -249,7 +251,7 @@ class MNISTDataConfig(SplitDataConfig):
 @dataclass
 class PTBWordDataConfig(DataConfig):
     _target_: str = "rnnrepro.data.lm.PTBWord"
-    name: str = "ptb_word"
+    name: str = "ptb_word"  # ptb_char uses the same schema with _target_ rnnrepro.data.lm.PTBChar
     bptt: int = 35
     embedding_size: int = 200
     verify_checksums: bool = True

@@ -86,3 +86,34 @@ def test_short_lstm_run_on_real_ptb_improves_validation(compose_cfg, tmp_path):
     val = pd.read_csv(out / "metrics.csv").query("split == 'val'")
     assert len(val) == 3 and val.ppl.iloc[-1] < 0.9 * val.ppl.iloc[0]
     assert summary["test_at_best_val"] < 2_000  # uniform guessing over 10k words: 10,000
+
+
+def test_char_level_is_spelled_from_word_files(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    cfg = compose_cfg("dataset=ptb_char", f"data.root={root}", "data.download=false", "data.verify_checksums=false",
+                      "data.batch_size=1")
+    validate(cfg)
+    data = build_datamodule(cfg.data, 0)
+    data.setup()
+    assert data.describe()["source"].startswith("built from") and data.spec.metric == "bpc"
+    first = [data.dictionary.idx2word[i] for i in data.sources["train"][:, 0].tolist()[:12]]
+    assert first == list("the_cat_sat_")
+    assert "<eos>" in data.dictionary.word2idx and " " not in data.dictionary.word2idx
+
+
+def test_char_files_are_used_when_present(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    for split in ("train", "valid", "test"):
+        (root / "ptb" / f"ptb.char.{split}.txt").write_text(" a b _ c \n" * 40)
+    cfg = compose_cfg("dataset=ptb_char", f"data.root={root}", "data.download=false", "data.verify_checksums=false")
+    data = build_datamodule(cfg.data, 0)
+    data.setup()
+    assert data.describe()["source"] == "ptb.char.*.txt" and len(data.dictionary) == 5  # a b _ c <eos>
+
+
+@pytest.mark.skipif(not REAL_PTB.exists(), reason="shared PTB files not present")
+def test_real_char_ptb_has_50_symbols(compose_cfg):
+    data = build_datamodule(compose_cfg("dataset=ptb_char", f"data.root={SHARED_DATA}").data, 0)
+    data.setup()
+    assert data.spec.vocab_size == 50
+    assert data.num_tokens["train"] == 5_017_482

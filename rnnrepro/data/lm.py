@@ -76,6 +76,18 @@ def tokenize(path: str, dictionary: Dictionary) -> Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def tokenize_chars(path: str, dictionary: Dictionary, from_words: bool) -> Tensor:
+    """Character-level PTB. Mikolov's ptb.char.* files hold space-separated characters with ``_`` between words;
+    from a word-level file the same stream is built by spelling each word out and joining words with ``_``. Either
+    way ``<eos>`` closes each line (awd-lstm-lm convention): 48 characters + ``_`` + ``<eos>`` = 50 symbols."""
+    ids: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            symbols = list("_".join(line.split())) if from_words else line.split()
+            ids.extend(dictionary.add(symbol) for symbol in symbols + [EOS])
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def batchify(stream: Tensor, batch_size: int) -> Tensor:
     """(N,) -> (N // B, B): B contiguous columns of text, the tail that does not fill a row dropped."""
     n_rows = stream.numel() // batch_size
@@ -129,19 +141,24 @@ class PTBWord(SequenceDataModule):
         super().__init__(cfg, run_seed)
         self.bptt = int(cfg.bptt)
 
-    def setup(self) -> None:
+    metric = "ppl"
+
+    def read_splits(self) -> dict[str, Tensor]:
         paths = ensure_ptb_files(os.path.join(self.root, "ptb"), bool(self.cfg.download),
                                  bool(self.cfg.verify_checksums))
+        return {split: tokenize(paths[f"ptb.{name}.txt"], self.dictionary)
+                for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
+
+    def setup(self) -> None:
         self.dictionary = Dictionary()
-        tokens = {split: tokenize(paths[f"ptb.{name}.txt"], self.dictionary)
-                  for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
+        tokens = self.read_splits()
         self.num_tokens = {k: v.numel() for k, v in tokens.items()}
         self.sources = {"train": batchify(tokens["train"], int(self.cfg.batch_size)),
                         "val": batchify(tokens["val"], int(self.cfg.eval_batch_size)),
                         "test": batchify(tokens["test"], int(self.cfg.eval_batch_size))}
         vocab = len(self.dictionary)
         self.spec = DataSpec(input_size=int(self.cfg.embedding_size), output_size=vocab, task=TaskType.classify_each,
-                             seq_len=self.bptt, vocab_size=vocab, metric="ppl")
+                             seq_len=self.bptt, vocab_size=vocab, metric=self.metric)
 
     def num_train_batches(self) -> int:
         return -(-(self.sources["train"].shape[0] - 1) // self.bptt)
@@ -157,3 +174,27 @@ class PTBWord(SequenceDataModule):
                 "bptt": self.bptt, "batch_size": int(self.cfg.batch_size),
                 "eval_batch_size": int(self.cfg.eval_batch_size), "permutation_sha1": None,
                 "sizes": {k: int(v.numel()) for k, v in self.sources.items()}}
+
+
+class PTBChar(PTBWord):
+    """Character-level PTB (Mikolov split, 50 symbols), metric bits per character. Reads
+    ``<root>/ptb/ptb.char.{train,valid,test}.txt`` when all three exist; otherwise builds the character stream from
+    the md5-checked word-level files (``self.source`` records which)."""
+
+    metric = "bpc"
+
+    def read_splits(self) -> dict[str, Tensor]:
+        folder = os.path.join(self.root, "ptb")
+        char_paths = {name: os.path.join(folder, f"ptb.char.{name}.txt") for name in ("train", "valid", "test")}
+        if all(os.path.exists(p) for p in char_paths.values()):
+            self.source = "ptb.char.*.txt"
+            paths, from_words = char_paths, False
+        else:
+            self.source = "built from ptb.*.txt (word level)"
+            words = ensure_ptb_files(folder, bool(self.cfg.download), bool(self.cfg.verify_checksums))
+            paths, from_words = {n: words[f"ptb.{n}.txt"] for n in ("train", "valid", "test")}, True
+        return {split: tokenize_chars(paths[name], self.dictionary, from_words)
+                for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "source": self.source}
