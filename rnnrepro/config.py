@@ -292,6 +292,12 @@ class ATISDataConfig(DataConfig):
         _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
 
 
+@dataclass
+class HAR2DataConfig(SplitDataConfig):
+    _target_: str = "rnnrepro.data.har.HAR2"
+    name: str = "har2"
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class OptimizerConfig:
@@ -459,7 +465,7 @@ SCHEMAS = {
               "antisym": AntisymConfig, "sbo": SBOConfig},
     "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
              "ptb_word": PTBWordDataConfig, "music": MusicDataConfig,
-             "atis": ATISDataConfig},
+             "atis": ATISDataConfig, "har2": HAR2DataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 
