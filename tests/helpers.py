@@ -45,3 +45,20 @@ def write_tiny_ptb(root: Path) -> Path:
     for split, body in text.items():
         (folder / f"ptb.{split}.txt").write_text(body * 5)
     return Path(root)
+
+
+def write_tiny_har(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
+    """UCI HAR's layout: one whitespace-separated text file per signal (N rows x 128), y_*.txt with ids 1..6."""
+    from rnnrepro.data.har import har_files
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        paths = har_files(str(root), split)
+        activities = rng.integers(1, 7, size=n)
+        for c, path in enumerate(paths[:-1]):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # channel c carries a class-dependent offset so that a model can learn the task
+            signal = rng.normal(size=(n, 128)) + (np.isin(activities, (2, 4, 6)) * 2.0 - 1.0)[:, None] * (c == 0)
+            np.savetxt(path, signal * (c + 1) + c, fmt="%.7e")
+        np.savetxt(paths[-1], activities, fmt="%d")
+    return Path(root)

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import pytest
 import torch
 
+from helpers import write_tiny_har
 from rnnrepro.api import run
 from rnnrepro.config import validate
 from rnnrepro.data import DataNotFoundError, build_datamodule
-from rnnrepro.data.har import SIGNALS, har_files
-
-
-def write_tiny_har(root, n_train=40, n_test=12, seed=0):
-    """UCI HAR's layout: one whitespace-separated text file per signal (N rows x 128), y_*.txt with ids 1..6."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        paths = har_files(str(root), split)
-        activities = rng.integers(1, 7, size=n)
-        for c, path in enumerate(paths[:-1]):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            # channel c carries a class-dependent offset so that a model can learn the task
-            signal = rng.normal(size=(n, 128)) + (np.isin(activities, (2, 4, 6)) * 2.0 - 1.0)[:, None] * (c == 0)
-            np.savetxt(path, signal * (c + 1) + c, fmt="%.7e")
-        np.savetxt(paths[-1], activities, fmt="%d")
-    return root
+from rnnrepro.data.har import SIGNALS
 
 
 def test_layout_regrouping_and_normalisation(compose_cfg, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import REPO
+from helpers import REPO, write_tiny_har
 from rnnrepro.api import run
 from rnnrepro.config import validate
 
@@ -45,7 +45,10 @@ def test_preset_runs_two_steps(preset, compose_cfg, tmp_path):
                  "trainer.limit_eval_batches=1", "data.eval_batch_size=16", "trainer.progress_bar=false",
                  "trainer.device=cpu"]
     dataset = compose_cfg(*overrides, tiny=False).data.name
-    cfg = compose_cfg(*overrides, *DATA_OVERRIDES.get(dataset, []), tiny=False)
+    extra = list(DATA_OVERRIDES.get(dataset, []))
+    if dataset == "har2":
+        extra.append(f"data.root={write_tiny_har(tmp_path / 'har')}")
+    cfg = compose_cfg(*overrides, *extra, tiny=False)
     typed = validate(cfg)
     assert cfg.meta.experiment == preset and cfg.meta.paper and cfg.meta.table and cfg.meta.row
     assert typed.model.hidden_size >= 1
