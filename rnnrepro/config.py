@@ -113,6 +113,7 @@ class LSTMConfig(ModelConfig):
 class AntisymConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.antisymmetric.AntisymmetricRNN"
     name: str = "antisym"
+    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
     eps: float = 0.01
     gamma: float = 0.01
     sigma_w: float = 1.0
@@ -134,6 +135,7 @@ class AntisymConfig(ModelConfig):
 class SBOConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.sbo.SBORNN"
     name: str = "sbo"
+    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
     solver: SBOSolver = SBOSolver.sgd
     recurrent: SBORecurrent = SBORecurrent.dense_lowrank
     rank: int = 50

@@ -65,7 +65,7 @@ class Variant:
 
 
 def all_variants() -> list[Variant]:
-    return [
+    variants = [
         Variant(REFERENCE, "nn.LSTM", "torch", None),
         Variant("lstm_fused", "lstm", "fused", ["model=lstm", "model.impl=fused"]),
         Variant("lstm_cell", "lstm", "cell", ["model=lstm", "model.impl=cell"]),
@@ -74,17 +74,21 @@ def all_variants() -> list[Variant]:
         Variant("rnn_fused", "rnn (tanh)", "fused", ["model=rnn", "model.impl=fused"]),
         Variant("rnn_cell", "rnn (tanh)", "cell", ["model=rnn", "model.impl=cell"]),
         Variant("irnn_fused", "irnn", "fused", ["model=irnn", "model.impl=fused"]),
-        Variant("antisym", "antisym", "cell", ["model=antisym"]),
-        Variant("antisym_gated", "antisym_gated", "cell", ["model=antisym_gated"]),
-        Variant("sbo_sgd", "sbo sgd dense_lowrank", "cell",
-                ["model=sbo", "model.solver=sgd", "model.recurrent=dense_lowrank"]),
-        Variant("sbo_shb", "sbo shb dense_lowrank", "cell",
-                ["model=sbo", "model.solver=shb", "model.recurrent=dense_lowrank"]),
-        Variant("sbo_snag", "sbo snag dense_lowrank", "cell",
-                ["model=sbo", "model.solver=snag", "model.recurrent=dense_lowrank"]),
-        Variant("sbo_sgd_sparse", "sbo sgd sparse", "cell",
-                ["model=sbo", "model.solver=sgd", "model.recurrent=sparse"]),
+        # AntisymmetricRNN and SBO-RNN: impl=fused (the default, one autograd Function per sequence with a hand-written
+        # backward) beside impl=cell (the shared step-by-step runner).
+        Variant("antisym", "antisym", "fused", ["model=antisym", "model.impl=fused"]),
+        Variant("antisym_cell", "antisym", "cell", ["model=antisym", "model.impl=cell"]),
+        Variant("antisym_gated", "antisym_gated", "fused", ["model=antisym_gated", "model.impl=fused"]),
+        Variant("antisym_gated_cell", "antisym_gated", "cell", ["model=antisym_gated", "model.impl=cell"]),
     ]
+    for solver, recurrent, suffix in (("sgd", "dense_lowrank", ""), ("shb", "dense_lowrank", ""),
+                                      ("snag", "dense_lowrank", ""), ("sgd", "sparse", "_sparse")):
+        for impl in ("fused", "cell"):
+            key = f"sbo_{solver}{suffix}" + ("_cell" if impl == "cell" else "")
+            variants.append(Variant(key, f"sbo {solver} {recurrent}", impl,
+                                    ["model=sbo", f"model.solver={solver}", f"model.recurrent={recurrent}",
+                                     f"model.impl={impl}"]))
+    return variants
 
 
 # ----------------------------------------------------------------------------------------------------- provenance
@@ -417,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = all_variants()
     if args.list:
         for v in variants:
-            print(f"{v.key:16s} {v.cell} [{v.impl}]")
+            print(f"{v.key:20s} {v.cell} [{v.impl}]")
         return 0
     if args.cells:
         wanted = {c.strip() for c in args.cells.split(",") if c.strip()}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rnnrepro.cells.antisymmetric import AntisymmetricRNN
+from rnnrepro.cells.antisymmetric import AntisymmetricRNN, AntisymSequence
 from rnnrepro.config import AntisymConfig, LSTMConfig
 from rnnrepro.data.base import DataSpec
 from rnnrepro.models import build_model, count_parameters
@@ -377,3 +377,117 @@ def test_row_convention_sign():
     out, _ = cell(torch.zeros(1, 1, 1, dtype=DT), state=(h0,))
     # M e_2 = (a, 0): the first coordinate moves by tanh(a) = +0.5 (a row-form product would give -0.5).
     assert torch.allclose(out, torch.tensor([[0.5, 1.0]], dtype=DT), atol=1e-15)
+
+
+# --- 10. fused sequence Function == step-by-step autograd runner ----------------------------------------------------
+def _graph_names(t: torch.Tensor) -> list[str]:
+    seen, stack, names = set(), [t.grad_fn], []
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.append(type(f).__name__)
+        stack.extend(g for g, _ in f.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("param,init_on", STORAGES)
+def test_fused_matches_autograd_runner(param, init_on, gated, with_state):
+    T, B, m, n = 8, 3, 4, 7
+    kwargs = {"param": param, "init_on": init_on, "gated": gated, "eps": 0.3, "gamma": 0.1}
+    fused, runner = make_cell(m=m, n=n, impl="fused", **kwargs), make_cell(m=m, n=n, impl="cell", **kwargs)
+    randomise(fused, seed=9)
+    runner.load_state_dict(fused.state_dict())
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(T, B, m, dtype=DT, generator=g)
+    h0 = torch.randn(B, n, dtype=DT, generator=g) if with_state else None
+    w_seq, w_fin = torch.randn(T, B, n, dtype=DT, generator=g), torch.randn(B, n, dtype=DT, generator=g)
+    results = []
+    for cell in (fused, runner):
+        x_c = x.clone().requires_grad_()
+        state = None if h0 is None else (h0.clone().requires_grad_(),)
+        seq, (h_seq,) = cell(x_c, state, return_sequence=True)
+        last, (h_last,) = cell(x_c, state)
+        assert torch.equal(last, seq[-1]) and torch.equal(h_seq, last) and torch.equal(h_last, last)
+        ((seq * w_seq).sum() + (h_seq * w_fin).sum() + last.pow(2).sum()).backward()
+        grads = {k: p.grad.clone() for k, p in cell.named_parameters()}
+        grads["x"] = x_c.grad
+        if state is not None:
+            grads["h0"] = state[0].grad
+        results.append((seq.detach(), last.detach(), grads))
+    (s1, l1, g1), (s2, l2, g2) = results
+    assert torch.allclose(s1, s2, atol=1e-12, rtol=0) and torch.allclose(l1, l2, atol=1e-12, rtol=0)
+    assert g1.keys() == g2.keys() and len(g1) == 4 + with_state
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], atol=1e-10, rtol=0), k
+        assert g1[k].abs().max() > 0, k
+    # the fused path records one node for the whole sequence, the runner one set of nodes per step
+    assert _graph_names(fused(x)[0]).count("AntisymSequenceBackward") == 1
+    assert "AntisymSequenceBackward" not in _graph_names(runner(x)[0])
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_fused_no_grad_forward_and_step_agree(gated):
+    cell = make_cell(m=3, n=9, gated=gated, eps=0.3, gamma=0.1)
+    randomise(cell, seed=11)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(6, 2, 3, dtype=DT, generator=g)
+    h0 = torch.randn(2, 9, dtype=DT, generator=g)
+    seq, (h,) = cell(x, (h0,), return_sequence=True)
+    with torch.no_grad():
+        seq_ng, (h_ng,) = cell(x, (h0,), return_sequence=True)
+        last_ng, _ = cell(x, (h0,))
+        ctx, state = cell.prepare(), (h0,)
+        for t in range(6):
+            state = cell.step(cell.project_inputs(x[t : t + 1])[0], state, ctx)
+            assert torch.allclose(state[0], seq_ng[t], atol=1e-12, rtol=0)
+    assert torch.equal(seq.detach(), seq_ng) and torch.equal(last_ng, h_ng) and torch.equal(h.detach(), h_ng)
+    with pytest.raises(ValueError, match="model.impl"):
+        AntisymmetricRNN(1, 4, impl="cudnn")
+
+
+@pytest.mark.parametrize("return_sequence", [False, True])
+@pytest.mark.parametrize("gated", [False, True])
+def test_fused_function_gradcheck(gated, return_sequence):
+    """torch.autograd.gradcheck of AntisymSequence itself (T=4, B=2, n=3) w.r.t. gx, Mt and h0."""
+    g = torch.Generator().manual_seed(13)
+    T, B, n = 4, 2, 3
+    gx = torch.randn(T, B, 2 * n if gated else n, dtype=DT, generator=g).requires_grad_()
+    mt = torch.randn(n, n, dtype=DT, generator=g).requires_grad_()  # any matrix: the Function does not assume M's form
+    h0 = torch.randn(B, n, dtype=DT, generator=g).requires_grad_()
+
+    def f(gx, mt, h0):
+        return AntisymSequence.apply(gx, mt, h0, 0.4, gated, return_sequence)
+
+    assert torch.autograd.gradcheck(f, (gx, mt, h0), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_fused_float32_matches_runner(gated):
+    """The default dtype: the fused path agrees with the runner to float32 rounding (T=50)."""
+    torch.manual_seed(0)
+    cells = [AntisymmetricRNN(2, 16, eps=0.1, gated=gated, impl=impl) for impl in ("fused", "cell")]
+    cells[1].load_state_dict(cells[0].state_dict())
+    x = torch.randn(50, 4, 2, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for cell in cells:
+        seq, _ = cell(x, return_sequence=True)
+        seq.pow(2).sum().backward()
+        grads.append({k: p.grad for k, p in cell.named_parameters()} | {"seq": seq.detach()})
+    for k, ref in grads[1].items():
+        assert ref.dtype == torch.float32
+        assert torch.allclose(grads[0][k], ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4), k
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_fused_backward_twice_with_retain_graph(gated):
+    """The hand-written backward leaves the saved tensors untouched: a second backward gives the same gradients."""
+    cell = make_cell(m=3, n=8, gated=gated, eps=0.3)
+    seq, (h,) = cell(torch.randn(5, 2, 3, dtype=DT, generator=torch.Generator().manual_seed(14)), return_sequence=True)
+    loss = seq.pow(2).sum() + h.sum()
+    first = torch.autograd.grad(loss, list(cell.parameters()), retain_graph=True)
+    second = torch.autograd.grad(loss, list(cell.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

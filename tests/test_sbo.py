@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rnnrepro.cells.sbo import SBORNN
+from rnnrepro.cells.sbo import SBORNN, SBOSequence, _sbo_forward
 from rnnrepro.config import SBOConfig
 from rnnrepro.data.base import DataSpec
 from rnnrepro.models import build_model, count_parameters
@@ -331,3 +331,171 @@ def test_snag_returns_the_extrapolated_point():
         _, (_, y_prev) = cell(x[:-1])
     mu = cell.mu.detach()  # 0.7 rounded to float32 at construction, then cast to float64
     assert torch.allclose(last, y + mu * (y - y_prev), atol=1e-14, rtol=0)
+
+
+# --- 9. fused sequence Function == step-by-step autograd runner -----------------------------------------------------
+def _fused_and_runner(recurrent: str, solver: str, **kwargs) -> tuple[SBORNN, SBORNN]:
+    kwargs = {"eta": 0.2, "mu": 0.6, "alpha": 1.3, "n": 6, **kwargs}
+    fused = make_cell(recurrent, solver, impl="fused", **kwargs)
+    runner = make_cell(recurrent, solver, impl="cell", **kwargs)
+    runner.load_state_dict(fused.state_dict())
+    return fused, runner
+
+
+def _run_both_ways(cell: SBORNN, x: torch.Tensor, state, w_seq: torch.Tensor, w_fin: list[torch.Tensor]):
+    """Outputs, final states and the gradients of every parameter, x and the initial state, for one loss that reads
+    the whole sequence, the last output and every final state component."""
+    x = x.clone().requires_grad_()
+    state = None if state is None else tuple(s.clone().requires_grad_() for s in state)
+    seq, st = cell(x, state, return_sequence=True)
+    last, st_last = cell(x, state)
+    loss = (seq * w_seq).sum() + last.pow(2).sum() + sum((s * w).sum() for s, w in zip(st + st_last, w_fin * 2))
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in cell.named_parameters() if p.grad is not None}
+    grads["x"] = x.grad
+    if state is not None:
+        grads.update({f"state{i}": s.grad for i, s in enumerate(state)})
+    return seq.detach(), last.detach(), [s.detach() for s in st + st_last], grads
+
+
+@pytest.mark.parametrize("train_recurrent", [True, False])
+@pytest.mark.parametrize("learn_mu", [True, False])
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("recurrent", RECURRENT)
+def test_fused_matches_autograd_runner(recurrent, solver, learn_mu, train_recurrent):
+    fused, runner = _fused_and_runner(recurrent, solver, learn_mu=learn_mu, train_recurrent=train_recurrent)
+    T, B, n = 7, 3, fused.hidden_size
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(T, B, 3, dtype=DT, generator=g)
+    k = len(fused.state_names)
+    w_seq = torch.randn(T, B, n, dtype=DT, generator=g)
+    w_fin = [torch.randn(B, n, dtype=DT, generator=g) for _ in range(k)]
+    for state in (None, tuple(torch.randn(B, n, dtype=DT, generator=g) for _ in range(k))):
+        seq_f, last_f, st_f, g_f = _run_both_ways(fused, x, state, w_seq, w_fin)
+        seq_r, last_r, st_r, g_r = _run_both_ways(runner, x, state, w_seq, w_fin)
+        assert torch.allclose(seq_f, seq_r, atol=1e-12, rtol=0)
+        assert torch.equal(last_f, seq_f[-1])
+        assert torch.allclose(last_f, last_r, atol=1e-12, rtol=0)
+        for a, b in zip(st_f, st_r):
+            assert torch.allclose(a, b, atol=1e-12, rtol=0)
+        assert g_f.keys() == g_r.keys()
+        expected = {"input.weight", "input.bias", "x"} | ({"mu"} if learn_mu and solver != "sgd" else set()) \
+            | (set(RECURRENT_TENSORS[recurrent]) if train_recurrent else set()) \
+            | ({f"state{i}" for i in range(k)} if state is not None else set())
+        assert set(g_f) == expected
+        for name in g_f:
+            assert torch.allclose(g_f[name], g_r[name], atol=1e-10, rtol=0), name
+            assert g_f[name].abs().max() > 0, name
+        assert seq_f.abs().max().item() > 1e-2  # the states moved
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_fused_graph_is_one_node_and_runner_is_used_for_dense_diag(solver):
+    """The fused path records one backward node for the whole sequence (nothing per step); grad_impl=dense_diag and
+    impl=cell run the step-by-step runner."""
+    def backward_nodes(cell: SBORNN, T: int) -> set[str]:
+        out, _ = cell(torch.randn(T, 2, 3, dtype=DT))
+        seen, stack, names = set(), [out.grad_fn], []
+        while stack:
+            f = stack.pop()
+            if f is None or f in seen:
+                continue
+            seen.add(f)
+            names.append(type(f).__name__)
+            stack.extend(g for g, _ in f.next_functions)
+        return names
+
+    fused = make_cell("dense_lowrank", solver)
+    short, long = backward_nodes(fused, 3), backward_nodes(fused, 30)
+    assert len(short) == len(long) and short.count("SBOSequenceBackward") == 1
+    assert "UnbindBackward0" not in long
+    for kwargs in ({"impl": "cell"}, {"grad_impl": "dense_diag"}):
+        runner = make_cell("dense_lowrank", solver, **kwargs)
+        nodes = backward_nodes(runner, 3)
+        assert "SBOSequenceBackward" not in nodes and "UnbindBackward0" in nodes
+    with pytest.raises(ValueError, match="model.impl"):
+        SBORNN(1, 4, impl="cudnn")
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("recurrent", RECURRENT)
+def test_fused_no_grad_forward_and_step_agree(recurrent, solver):
+    """The forward-only path (no tensors saved) equals the forward of the differentiable path bit for bit, and driving
+    step() by hand (what online algorithms do) reproduces it."""
+    cell = make_cell(recurrent, solver, eta=0.2, mu=0.6)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(6, 2, 3, dtype=DT, generator=g)
+    state = tuple(torch.randn(2, 12, dtype=DT, generator=g) for _ in cell.state_names)
+    seq, st = cell(x, state, return_sequence=True)
+    assert seq.requires_grad
+    with torch.no_grad():
+        seq_ng, st_ng = cell(x, state, return_sequence=True)
+        last_ng, st_last = cell(x, state)
+        ctx = cell.prepare()
+        s = state
+        for t in range(6):
+            s = cell.step(cell.project_inputs(x[t : t + 1])[0], s, ctx)
+            assert torch.allclose(cell.output(s), seq_ng[t], atol=1e-12, rtol=0)
+    assert torch.equal(seq.detach(), seq_ng) and torch.equal(last_ng, seq_ng[-1])
+    for a, b, c in zip(st, st_ng, st_last):
+        assert torch.equal(a.detach(), b) and torch.equal(b, c)
+
+
+@pytest.mark.parametrize("return_sequence", [False, True])
+@pytest.mark.parametrize("u_shape", [(3, 3), (3,), ()], ids=["matrix", "diagonal", "scalar"])
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_fused_function_gradcheck(solver, u_shape, return_sequence):
+    """torch.autograd.gradcheck of SBOSequence itself (T=4, B=2, n=3) w.r.t. gx, U (or d, w), mu and the initial
+    state, at a point away from the ReLU kinks."""
+    g = torch.Generator().manual_seed(13)
+    T, B, n = 4, 2, 3
+
+    def rand(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, dtype=DT, generator=g)).requires_grad_()
+
+    gx, h0 = rand(T, B, n), rand(B, n)
+    u = rand(*u_shape, scale=0.7) if u_shape else torch.tensor(0.8, dtype=DT, requires_grad=True)
+    mu = torch.tensor(0.6, dtype=DT, requires_grad=True)
+    m0 = rand(B, n) if solver != "sgd" else None
+
+    def f(gx, u, mu, h0, m0):
+        return SBOSequence.apply(gx, u, mu, h0, m0, solver, 1.3, 0.3, return_sequence)
+
+    inputs = (gx, u, mu, h0, m0)
+    with torch.no_grad():  # every ReLU pre-activation along the trajectory is away from 0
+        run = _sbo_forward(gx, u, 0.6, h0, m0, solver, 1.3, 0.3, keep_seq=True, save=False, save_momentum=False,
+                           save_dne=False)
+        U = u if u.dim() == 2 else torch.diag(u.expand(n))
+        pre = gx + run["hs"][:T] @ U.t()
+        assert pre.abs().min() > 1e-3 and (pre > 0).any() and (pre < 0).any()
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_fused_float32_matches_runner(solver):
+    """The default dtype: the fused path agrees with the runner to float32 rounding (T=50)."""
+    torch.manual_seed(0)
+    cells = [SBORNN(2, 16, solver=solver, rank=5, eta=0.05, impl=impl) for impl in ("fused", "cell")]
+    cells[1].load_state_dict(cells[0].state_dict())
+    x = torch.randn(50, 4, 2, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for cell in cells:
+        seq, _ = cell(x, return_sequence=True)
+        seq.pow(2).sum().backward()
+        grads.append({k: p.grad for k, p in cell.named_parameters() if p.grad is not None} | {"seq": seq.detach()})
+    assert grads[0].keys() == grads[1].keys()
+    for k, ref in grads[1].items():
+        assert ref.dtype == torch.float32
+        assert torch.allclose(grads[0][k], ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4), k
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_fused_backward_twice_with_retain_graph(solver):
+    """The hand-written backward leaves the saved tensors untouched: a second backward gives the same gradients."""
+    cell = make_cell("dense_lowrank", solver, eta=0.2)
+    seq, state = cell(torch.randn(5, 2, 3, dtype=DT, generator=torch.Generator().manual_seed(14)), return_sequence=True)
+    loss = seq.pow(2).sum() + state[-1].sum()
+    params = [p for p in cell.parameters() if solver != "sgd" or p is not cell.mu]
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    second = torch.autograd.grad(loss, params)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
