@@ -99,7 +99,7 @@ def render(paper: str, tier: str, runs: list[dict], command: str) -> list[str]:
         rows = []
         for _, cell in cells.iterrows():
             dirs = [str(r["dir"]) for r in runs if r["experiment"] == cell["experiment"]]
-            rows.append(summarise_cell(cell, load_summaries(dirs)))
+            rows.append(summarise_cell(cell, load_summaries(dirs), planned=len(dirs)))
         written.append(write_table(str(RESULTS), paper, str(table), tier, pd.DataFrame(rows), command))
     return written
 

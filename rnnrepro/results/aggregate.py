@@ -66,11 +66,13 @@ def _describe_data(data: dict | None) -> str:
         return "?"
     sizes = data.get("sizes", {})
     split = "/".join(str(sizes.get(k, "?")) for k in ("train", "val", "test"))
-    return f"{data.get('name')} ({split} train/val/test, permutation {str(data.get('permutation_sha1', ''))[:10]})"
+    perm = data.get("permutation_sha1")
+    return f"{data.get('name')} ({split} train/val/test" + (f", permutation {perm[:10]})" if perm else ")")
 
 
-def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
-    """One table row: measured statistics of the finished runs of one preset, and the reported value."""
+def summarise_cell(expected: pd.Series, summaries: list[dict], planned: int | None = None) -> dict:
+    """One table row: measured statistics of the finished runs of one preset, and the reported value. ``planned``
+    runs that left no summary (e.g. missing data) are counted in ``notes``."""
     scale = _scale(str(expected["unit"]))
     digits = 2 if scale == 100.0 else 3
     ok = [s for s in summaries if s.get("status") == "completed"]
@@ -78,6 +80,11 @@ def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
     last = [s["test_last"] * scale if s.get("test_last") is not None else None for s in ok]
     mean_best, std_best, text_best = _mean_std(best, digits)
     _, _, text_last = _mean_std(last, digits)
+    notes = []
+    if len(summaries) > len(ok):
+        notes.append(f"{len(summaries) - len(ok)} diverged/failed")
+    if planned is not None and planned > len(summaries):
+        notes.append(f"{planned - len(summaries)} of {planned} runs left no summary (see their run.log)")
     reported = expected["reported"]
     has_reported = reported is not None and np.isfinite(reported)
     return {
@@ -87,7 +94,7 @@ def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
         "reported": f"{reported:g}" if has_reported else "not found",
         "reported_kind": expected["reported_kind"],
         "diff": f"{mean_best - reported:+.{digits}f}" if (has_reported and mean_best is not None) else "—",
-        "unit": expected["unit"],
+        "unit": expected["unit"], "notes": "; ".join(notes),
         "mean_test_at_best_val": mean_best, "std_test_at_best_val": std_best,
         "steps": int(np.median([s["steps"] for s in ok])) if ok else None,
         "wall_time_s": round(float(np.mean([s["wall_time_s"] for s in ok])), 1) if ok else None,
@@ -102,7 +109,7 @@ def summarise_cell(expected: pd.Series, summaries: list[dict]) -> dict:
 
 
 MARKDOWN_COLUMNS = ["column", "row", "test_at_best_val", "test_last", "seeds", "reported", "reported_kind", "diff",
-                    "steps", "experiment"]
+                    "steps", "experiment", "notes"]
 
 
 def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
