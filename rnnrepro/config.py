@@ -300,6 +300,32 @@ class HAR2DataConfig(SplitDataConfig):
     name: str = "har2"
 
 
+class CIFARNormalize(str, Enum):
+    channel_mean_std = "channel_mean_std"
+    none = "none"
+
+
+class NoiseMode(str, Enum):
+    fresh = "fresh"
+    fixed_once = "fixed_once"
+
+
+@dataclass
+class CIFARDataConfig(SplitDataConfig):
+    _target_: str = "rnnrepro.data.cifar.PixelCIFAR10"
+    name: str = "pcifar10"
+    val_fraction: float = 0.1
+    normalize: CIFARNormalize = CIFARNormalize.channel_mean_std
+    verify_checksums: bool = True
+
+
+@dataclass
+class NoisyCIFARDataConfig(CIFARDataConfig):
+    _target_: str = "rnnrepro.data.cifar.NoisyCIFAR10"
+    name: str = "npcifar10"
+    noise: NoiseMode = NoiseMode.fresh
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class OptimizerConfig:
@@ -467,7 +493,8 @@ SCHEMAS = {
               "antisym": AntisymConfig, "sbo": SBOConfig},
     "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
              "ptb_word": PTBWordDataConfig, "music": MusicDataConfig,
-             "atis": ATISDataConfig, "har2": HAR2DataConfig},
+             "atis": ATISDataConfig, "har2": HAR2DataConfig,
+             "cifar": CIFARDataConfig, "noisy_cifar": NoisyCIFARDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 

@@ -5,14 +5,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import rnnrepro.config  # noqa: F401
-from helpers import CONF_DIR, write_fake_mnist, write_tiny_ptb
+from helpers import CONF_DIR, write_fake_mnist, write_tiny_cifar, write_tiny_ptb
 
 
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory):
-    """A data root with generated MNIST files and a tiny (non-canonical) PTB."""
+    """A data root with generated MNIST files and tiny (non-canonical) PTB and CIFAR-10 files."""
     root = write_fake_mnist(tmp_path_factory.mktemp("data"))
     write_tiny_ptb(root)
+    write_tiny_cifar(root)
     return root
 
 

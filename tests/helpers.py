@@ -62,3 +62,21 @@ def write_tiny_har(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 
             np.savetxt(path, signal * (c + 1) + c, fmt="%.7e")
         np.savetxt(paths[-1], activities, fmt="%d")
     return Path(root)
+
+
+def write_tiny_cifar(root: Path, per_batch: int = 12, n_test: int = 10, seed: int = 0) -> Path:
+    """CIFAR-10's python layout: pickled dicts with 'data' (N, 3072) uint8 and 'labels', five training batches and a
+    test batch under cifar-10-batches-py/ (not the canonical md5s)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        data = {"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                "labels": rng.integers(0, 10, size=n).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(data, f)
+    return Path(root)

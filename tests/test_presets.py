@@ -15,7 +15,9 @@ from rnnrepro.config import validate
 PRESETS = sorted(str(p.relative_to(REPO / "conf" / "experiment"))[:-5]
                  for p in (REPO / "conf" / "experiment").rglob("*.yaml"))
 # The generated fixtures are not the canonical files; tiny models keep vocabulary-sized layers cheap.
-DATA_OVERRIDES = {"ptb_word": ["data.verify_checksums=false", "data.batch_size=4", "data.bptt=5"]}
+DATA_OVERRIDES = {"ptb_word": ["data.verify_checksums=false", "data.batch_size=4", "data.bptt=5"],
+                  "pcifar10": ["data.verify_checksums=false", "data.batch_size=32"],
+                  "npcifar10": ["data.verify_checksums=false", "data.batch_size=32"]}
 EXPECTED = pd.concat([pd.read_csv(p) for p in sorted((REPO / "results" / "expected").glob("*.csv"))])
 
 
