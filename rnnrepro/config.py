@@ -251,7 +251,7 @@ class MNISTDataConfig(SplitDataConfig):
 @dataclass
 class PTBWordDataConfig(DataConfig):
     _target_: str = "rnnrepro.data.lm.PTBWord"
-    name: str = "ptb_word"  # ptb_char uses the same schema with _target_ rnnrepro.data.lm.PTBChar
+    name: str = "ptb_word"  # ptb_char and wikitext2 use the same schema (_target_ PTBChar / WikiText2)
     bptt: int = 35
     embedding_size: int = 200
     verify_checksums: bool = True

@@ -117,3 +117,24 @@ def test_real_char_ptb_has_50_symbols(compose_cfg):
     data.setup()
     assert data.spec.vocab_size == 50
     assert data.num_tokens["train"] == 5_017_482
+
+
+def test_wikitext2_reads_both_layouts_and_checks_sizes(compose_cfg, tmp_path):
+    from rnnrepro.data.lm import WikiText2
+
+    folder = tmp_path / "wikitext-2"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"wiki.{split}.tokens").write_text(" = Valkyria = \n\n the game began \n" * 3)
+    base = ["dataset=wikitext2", f"data.root={tmp_path}", "data.download=false"]
+    with pytest.raises(ChecksumError, match="213886"):
+        build_datamodule(compose_cfg(*base).data, 0).setup()
+    data = build_datamodule(compose_cfg(*base, "data.verify_checksums=false", "data.batch_size=2").data, 0)
+    assert isinstance(data, WikiText2)
+    data.setup()
+    assert data.num_tokens["train"] == 3 * (3 + 1 + 1 + 3 + 1)  # words plus one <eos> per line (blank lines too)
+    for split in ("train", "valid", "test"):
+        (folder / f"wiki.{split}.tokens").rename(folder / f"{split}.txt")
+    other = build_datamodule(compose_cfg(*base, "data.verify_checksums=false", "data.batch_size=2").data, 0)
+    other.setup()
+    assert other.num_tokens == data.num_tokens

@@ -198,3 +198,50 @@ class PTBChar(PTBWord):
 
     def describe(self) -> dict:
         return {**super().describe(), "source": self.source}
+
+
+WIKITEXT2_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"
+# No checksum is published for the archive; the canonical files are checked by size instead (lines, words).
+WIKITEXT2_SIZES = {"valid": (3_760, 213_886), "test": (4_358, 241_211)}
+
+
+def wikitext2_files(folder: str) -> dict[str, str]:
+    """The zip's names (wiki.<split>.tokens) or pytorch/examples' renamed copies (<split>.txt)."""
+    paths = {}
+    for split in ("train", "valid", "test"):
+        candidates = [os.path.join(folder, f"wiki.{split}.tokens"), os.path.join(folder, f"{split}.txt")]
+        paths[split] = next((p for p in candidates if os.path.exists(p)), candidates[0])
+    return paths
+
+
+class WikiText2(PTBWord):
+    """WikiText-2 (v1), word level: ``<root>/wikitext-2/wiki.{train,valid,test}.tokens`` (the extracted zip) or the
+    pytorch/examples copies ``{train,valid,test}.txt``; read and batched exactly as PTB (``<eos>`` per line)."""
+
+    def read_splits(self) -> dict[str, Tensor]:
+        folder = os.path.join(self.root, "wikitext-2")
+        paths = wikitext2_files(folder)
+        if not all(os.path.exists(p) for p in paths.values()) and bool(self.cfg.download):
+            from torchvision.datasets.utils import download_and_extract_archive
+
+            try:
+                download_and_extract_archive(WIKITEXT2_URL, self.root)
+            except Exception as err:  # noqa: BLE001 - reported below with the manual fix
+                raise DataNotFoundError(f"could not download {WIKITEXT2_URL}: {err}") from err
+            paths = wikitext2_files(folder)
+        missing = [p for p in paths.values() if not os.path.exists(p)]
+        if missing:
+            raise DataNotFoundError(f"WikiText-2 files are missing: {', '.join(missing)}.\nSource: {WIKITEXT2_URL} "
+                                    f"(extract it into data.root so that {folder} exists). Fix: place the files, point "
+                                    "data.root (or RNNREPRO_DATA) there, or set data.download=true.")
+        if bool(self.cfg.verify_checksums):
+            for split, (lines, words) in WIKITEXT2_SIZES.items():
+                with open(paths[split], encoding="utf-8") as f:
+                    text = f.readlines()
+                found = (len(text), sum(len(line.split()) for line in text))
+                if found != (lines, words):
+                    raise ChecksumError(f"{paths[split]} has {found[0]} lines / {found[1]} words; the canonical file "
+                                        f"has {lines} / {words}. Nothing was deleted. Fix: replace it, or set "
+                                        "data.verify_checksums=false.")
+        return {split: tokenize(paths[name], self.dictionary)
+                for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
