@@ -326,6 +326,13 @@ class NoisyCIFARDataConfig(CIFARDataConfig):
     noise: NoiseMode = NoiseMode.fresh
 
 
+@dataclass
+class TIMITDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.timit.TIMIT"
+    name: str = "timit"
+    swap_val_test: bool = False
+
+
 # ------------------------------------------------------------------------------------------------ optimisation
 @dataclass
 class OptimizerConfig:
@@ -494,7 +501,8 @@ SCHEMAS = {
     "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
              "ptb_word": PTBWordDataConfig, "music": MusicDataConfig,
              "atis": ATISDataConfig, "har2": HAR2DataConfig,
-             "cifar": CIFARDataConfig, "noisy_cifar": NoisyCIFARDataConfig},
+             "cifar": CIFARDataConfig, "noisy_cifar": NoisyCIFARDataConfig,
+             "timit": TIMITDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 

@@ -10,6 +10,7 @@ module never touches the training loop.
 | multilabel_each   | every state           | 0/1 per key per step (B, T, K) | BCE summed over keys, mean/frame   |
 | tag               | every state           | tag id per token (B, T) + mask | cross-entropy over real tokens     |
 | regression        | last state            | real vector (B, D)             | mean squared error                 |
+| regression_each   | every state           | real vector per step + mask    | MSE over unmasked elements         |
 """
 
 from rnnrepro.tasks.base import TASKS, Task, TaskType, build_task

@@ -16,6 +16,7 @@ class TaskType(str, Enum):
     multilabel_each = "multilabel_each"
     tag = "tag"
     regression = "regression"
+    regression_each = "regression_each"
 
 
 class Meter:
@@ -192,12 +193,35 @@ class Regression(Task):
         meter.add(batch["y"].numel(), mse=se, loss=se)
 
 
+class RegressionEach(Task):
+    """Per-step regression (TIMIT next-frame prediction): MSE over the unmasked elements (mean over frames x
+    features), as the MomentumRNN code computes it."""
+
+    type = TaskType.regression_each
+    sequence_output = True
+    metric, mode = "mse", "min"
+
+    @staticmethod
+    def _squared_errors(out: Tensor, batch: dict) -> Tensor:
+        se = (out - batch["y"]).pow(2)
+        mask = batch.get("mask")
+        return se[mask] if mask is not None else se.reshape(-1, se.shape[-1])
+
+    def loss(self, out: Tensor, batch: dict) -> Tensor:
+        return self._squared_errors(out, batch).mean()
+
+    def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
+        se = self._squared_errors(out, batch)
+        meter.add(se.numel(), mse=se.sum(), loss=se.sum())
+
+
 TASKS = {
     TaskType.classify_last: ClassifyLast,
     TaskType.classify_each: ClassifyEach,
     TaskType.multilabel_each: MultilabelEach,
     TaskType.tag: Tag,
     TaskType.regression: Regression,
+    TaskType.regression_each: RegressionEach,
 }
 
 
