@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,17 @@ def write_tiny_cifar(root: Path, per_batch: int = 12, n_test: int = 10, seed: in
         with open(folder / name, "wb") as f:
             pickle.dump(data, f)
     return Path(root)
+
+
+def backward_node_counts(tensor) -> Counter:
+    """How many autograd nodes of each type the graph behind ``tensor`` holds (to check what a forward recorded)."""
+    counts: Counter = Counter()
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        counts[type(node).__name__] += 1
+        stack.extend(child for child, _ in node.next_functions)
+    return counts

@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers import backward_node_counts
 from rnnrepro.cells.antisymmetric import AntisymmetricRNN, AntisymSequence
 from rnnrepro.config import AntisymConfig, LSTMConfig
 from rnnrepro.data.base import DataSpec
@@ -380,18 +381,6 @@ def test_row_convention_sign():
 
 
 # --- 10. fused sequence Function == step-by-step autograd runner ----------------------------------------------------
-def _graph_names(t: torch.Tensor) -> list[str]:
-    seen, stack, names = set(), [t.grad_fn], []
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        names.append(type(f).__name__)
-        stack.extend(g for g, _ in f.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("param,init_on", STORAGES)
@@ -425,8 +414,8 @@ def test_fused_matches_autograd_runner(param, init_on, gated, with_state):
         assert torch.allclose(g1[k], g2[k], atol=1e-10, rtol=0), k
         assert g1[k].abs().max() > 0, k
     # the fused path records one node for the whole sequence, the runner one set of nodes per step
-    assert _graph_names(fused(x)[0]).count("AntisymSequenceBackward") == 1
-    assert "AntisymSequenceBackward" not in _graph_names(runner(x)[0])
+    assert backward_node_counts(fused(x)[0])["AntisymSequenceBackward"] == 1
+    assert "AntisymSequenceBackward" not in backward_node_counts(runner(x)[0])
 
 
 @pytest.mark.parametrize("gated", [False, True])

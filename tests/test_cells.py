@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers import backward_node_counts
 from rnnrepro.cells.antisymmetric import AntisymmetricRNN
 from rnnrepro.cells.base import RecurrentCell
 from rnnrepro.cells.classic import GRU, IRNN, LSTM, TanhRNN
@@ -154,19 +155,6 @@ def runner_cells() -> dict[str, RecurrentCell]:
     }
 
 
-def _graph_nodes(t: torch.Tensor) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    seen, stack = set(), [t.grad_fn]
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        counts[type(f).__name__] = counts.get(type(f).__name__, 0) + 1
-        stack.extend(g for g, _ in f.next_functions)
-    return counts
-
-
 @pytest.mark.parametrize("name", list(runner_cells()))
 def test_runner_projects_once_and_stacks_steps(name, monkeypatch):
     cell = runner_cells()[name].to(DT)
@@ -201,7 +189,7 @@ def test_runner_projects_once_and_stacks_steps(name, monkeypatch):
     assert torch.equal(last, seq[-1])
 
     # The backward graph reads the projected inputs through one unbind; no per-step select of a (T, B, k) tensor.
-    nodes = _graph_nodes(seq)
+    nodes = backward_node_counts(seq)
     assert nodes.get("UnbindBackward0") == 1
     assert not {"SelectBackward0", "IndexBackward0", "SliceBackward0"} & set(nodes), nodes
     seq.sum().backward()
