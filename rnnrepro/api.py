@@ -123,6 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "test_last": _metric(tests["test_last"], task.metric),
         "val_last": _metric(tests["val_last"], task.metric),
         "test_at_best_val_all": tests["test_at_best_val"], "test_last_all": tests["test_last"],
+        "train_extras": trainer.data.train_extras(),  # e.g. the curriculum T reached (string_memo)
     })
     _finish(summary, trainer, output_dir)
     log.info("%s: best val %s %s | test at best val %s | test last %s | %.0f s", summary["status"], task.metric,
@@ -132,7 +133,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _finish(summary: dict, trainer: Trainer, output_dir: str) -> None:
     epochs = trainer.p.epoch + trainer.p.batch_in_epoch / max(trainer.data.num_train_batches(), 1)
-    summary.update({"steps": trainer.p.step, "epochs": round(epochs, 4), "wall_time_s": round(trainer._elapsed(), 3),
+    summary.update({"steps": trainer.p.step, "time_steps": trainer.p.time_steps, "epochs": round(epochs, 4),
+                    "wall_time_s": round(trainer._elapsed(), 3),
                     "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     summary.setdefault("error", None)
     write_json_atomic(summary, os.path.join(output_dir, "summary.json"))

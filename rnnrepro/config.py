@@ -131,6 +131,26 @@ class AntisymConfig(ModelConfig):
         _require(self.sigma_w >= 0, "model.sigma_w", f"must be >= 0, got {self.sigma_w}")
 
 
+class RHNCandidate(str, Enum):
+    two_sigmoid_minus_one = "two_sigmoid_minus_one"  # the OK code: 2 sigmoid(z) - 1 = tanh(z / 2)
+    tanh = "tanh"
+
+
+@dataclass
+class RHNConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.rhn.RHN"
+    name: str = "rhn"
+    candidate: RHNCandidate = RHNCandidate.two_sigmoid_minus_one
+    init_std: float = 0.01
+    readout_init_std: float | None = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self.init_std, "model.init_std")
+        _require(self.readout_init_std is None or self.readout_init_std > 0, "model.readout_init_std",
+                 f"must be > 0 or null, got {self.readout_init_std}")
+
+
 @dataclass
 class SBOConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.sbo.SBORNN"
@@ -231,6 +251,60 @@ class CopyMemoryDataConfig(GeneratedDataConfig):
         _require(self.metric in ("loss", "acc"), "data.metric", f"must be loss or acc, got {self.metric!r}")
 
 
+class CurriculumMetric(str, Enum):
+    all_positions = "all_positions"
+    recall_positions = "recall_positions"
+
+
+class LossPositions(str, Enum):
+    all = "all"
+    recall = "recall"
+
+
+@dataclass
+class CurriculumConfig:
+    """String-memorisation curriculum (OK code): an EMA of the per-step cross-entropy in bits; when a stream starts a
+    new sequence and the EMA is below threshold_bits, T += 1 and the EMA is set to ema_reset."""
+
+    ema_decay: float = 0.999
+    ema_init: float = 1.0  # -log2(0.5)
+    threshold_bits: float = 0.15  # 0 disables the curriculum (T stays at initial_T)
+    ema_reset: float = 0.3
+    metric: CurriculumMetric = CurriculumMetric.all_positions  # recall_positions: harness option, not in the OK code
+
+    def __post_init__(self) -> None:
+        _require(0 < self.ema_decay < 1, "data.curriculum.ema_decay", f"must be in (0, 1), got {self.ema_decay}")
+        for key in ("ema_init", "threshold_bits", "ema_reset"):
+            _require(getattr(self, key) >= 0, f"data.curriculum.{key}", f"must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
+class StringMemoDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.string_memo.StringMemo"
+    name: str = "string_memo"
+    batch_size: int = 16  # independent streams
+    eval_batch_size: int = 256
+    chunk_len: int = 1  # steps per training batch; 1 = the OK code's order (curriculum sees every step's loss)
+    steps_per_epoch: int = 1000  # an "epoch" is a logging unit of the infinite stream
+    len_jitter: int = 4  # T_seq = max(1, T - U), U ~ uniform{0..len_jitter}; 4 = OK code, 5 = seed summary
+    initial_T: int = 1
+    echo_marker: bool = True  # the output phase reproduces the start marker, then the bits (OK code)
+    loss_positions: LossPositions = LossPositions.all  # recall: mask = output phase only
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    n_val: int = 256  # evaluation sequences of exactly the current T
+    n_test: int = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.chunk_len >= 1, "data.chunk_len", f"must be >= 1, got {self.chunk_len}")
+        _require(self.steps_per_epoch >= self.chunk_len, "data.steps_per_epoch",
+                 f"must be >= data.chunk_len ({self.chunk_len}), got {self.steps_per_epoch}")
+        _require(self.len_jitter >= 0, "data.len_jitter", f"must be >= 0, got {self.len_jitter}")
+        _require(self.initial_T >= 1, "data.initial_T", f"must be >= 1, got {self.initial_T}")
+        for key in ("n_val", "n_test"):
+            _require(getattr(self, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
+
+
 @dataclass
 class MNISTDataConfig(SplitDataConfig):
     _target_: str = "rnnrepro.data.mnist.SequentialMNIST"
@@ -248,18 +322,41 @@ class MNISTDataConfig(SplitDataConfig):
         check_permutation_name(self.permutation)
 
 
+class InputEncoding(str, Enum):
+    embedding = "embedding"
+    one_hot = "one_hot"
+
+
 @dataclass
 class PTBWordDataConfig(DataConfig):
     _target_: str = "rnnrepro.data.lm.PTBWord"
-    name: str = "ptb_word"  # ptb_char and wikitext2 use the same schema (_target_ PTBChar / WikiText2)
+    name: str = "ptb_word"  # wikitext2 uses the same schema (_target_ WikiText2); ptb_char extends it
     bptt: int = 35
     embedding_size: int = 200
     verify_checksums: bool = True
+    input_encoding: InputEncoding = InputEncoding.embedding  # one_hot: parameter-free, cell input = vocabulary
+    train_reset_every: int | None = None  # N: training batches carry reset at column positions % N == 0 (OK PTB: 100)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.bptt >= 1, "data.bptt", f"must be >= 1, got {self.bptt}")
         _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
+        _require(self.train_reset_every is None or self.train_reset_every >= 1, "data.train_reset_every",
+                 f"must be >= 1 or null, got {self.train_reset_every}")
+
+
+class PTBCharEncoding(str, Enum):
+    ptb_char_files = "ptb_char_files"
+    words_joined = "words_joined"
+    bytes_of_word_level = "bytes_of_word_level"
+
+
+@dataclass
+class PTBCharDataConfig(PTBWordDataConfig):
+    _target_: str = "rnnrepro.data.lm.PTBChar"
+    name: str = "ptb_char"
+    # ptb_char_files (ptb.char.* if present, else words_joined) | words_joined | bytes_of_word_level (OK paper)
+    encoding: PTBCharEncoding = PTBCharEncoding.ptb_char_files
 
 
 class MusicFormat(str, Enum):
@@ -416,11 +513,68 @@ class SchedulerConfig:
 # --------------------------------------------------------------------------------------------------- training
 class AlgorithmName(str, Enum):
     bptt = "bptt"
+    tbptt = "tbptt"
+    rtrl = "rtrl"
+    uoro = "uoro"
+    kf_rtrl = "kf_rtrl"
+    ok = "ok"
+
+
+class OKSplit(str, Enum):
+    symmetric = "symmetric"  # a^(-1/2) s_j w_k[j] on both sides: the minimum variance S^2/(m-1) - sum d^2
+    official = "official"  # the OK code's split (u-side / sqrt(d_j), A-side * sqrt(d_j)): unbiased, more variance
+
+
+class RTRLJacobians(str, Enum):
+    auto = "auto"  # the Kronecker form (h_hat, D, H) when the cell has one, else autograd
+    kronecker = "kronecker"
+    autograd = "autograd"  # per-sample Jacobians of any cell via torch.func; O(n^4) time, small n only
+
+
+@dataclass
+class TBPTTConfig:
+    truncation: int = 25  # k: backpropagate through windows of k steps, one update per window
+
+    def __post_init__(self) -> None:
+        _require(self.truncation >= 1, "algorithm.tbptt.truncation", f"must be >= 1, got {self.truncation}")
+
+
+@dataclass
+class OKConfig:
+    rank: int = 16  # r Kronecker terms (OK paper: 16 on the copy task, 8 on CHAR-PTB)
+    split: OKSplit = OKSplit.symmetric
+    rebalance: bool = True  # u_k <- g u_k, A_k <- A_k / g with g = sqrt(|A_k| / |u_k|) (the OK code, for stability)
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, "algorithm.ok.rank", f"must be >= 1, got {self.rank}")
+
+
+@dataclass
+class UOROConfig:
+    eps: float = 1e-7  # added inside the rho ratios so zero-initialised factors give no 0/0
+
+    def __post_init__(self) -> None:
+        _positive(self.eps, "algorithm.uoro.eps")
 
 
 @dataclass
 class AlgorithmConfig:
     name: AlgorithmName = AlgorithmName.bptt
+    # Online algorithms (rtrl, uoro, kf_rtrl, ok): apply the accumulated gradient every N time steps (1 = fully
+    # online, as the OK paper). Each step's loss is scaled by 1/N, so an update applies the mean over its N steps.
+    update_every: int = 1
+    # Clip the recurrent cell's gradient alone to this L2 norm (the OK code clips W, 1.0 copy / 100 PTB, and leaves
+    # the readout unclipped); trainer.grad_clip clips all parameters together. Works with every algorithm.
+    clip_cell: float | None = None
+    tbptt: TBPTTConfig = field(default_factory=TBPTTConfig)
+    ok: OKConfig = field(default_factory=OKConfig)
+    uoro: UOROConfig = field(default_factory=UOROConfig)
+    rtrl_jacobians: RTRLJacobians = RTRLJacobians.auto
+
+    def __post_init__(self) -> None:
+        _require(self.update_every >= 1, "algorithm.update_every", f"must be >= 1, got {self.update_every}")
+        _require(self.clip_cell is None or self.clip_cell > 0, "algorithm.clip_cell",
+                 f"must be > 0 or null, got {self.clip_cell}")
 
 
 @dataclass
@@ -497,12 +651,12 @@ class Config:
 
 SCHEMAS = {
     "model": {"rnn": RNNConfig, "irnn": IRNNConfig, "gru": GRUConfig, "lstm": LSTMConfig,
-              "antisym": AntisymConfig, "sbo": SBOConfig},
+              "antisym": AntisymConfig, "sbo": SBOConfig, "rhn": RHNConfig},
     "data": {"mnist": MNISTDataConfig, "adding": AddingDataConfig, "copy_memory": CopyMemoryDataConfig,
              "ptb_word": PTBWordDataConfig, "music": MusicDataConfig,
              "atis": ATISDataConfig, "har2": HAR2DataConfig,
              "cifar": CIFARDataConfig, "noisy_cifar": NoisyCIFARDataConfig,
-             "timit": TIMITDataConfig},
+             "timit": TIMITDataConfig, "ptb_char": PTBCharDataConfig, "string_memo": StringMemoDataConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig, "rmsprop": RMSpropConfig},
 }
 
@@ -534,7 +688,33 @@ def validate(cfg: DictConfig) -> Config:
             raise ConfigError(f"{key}: the selected config is not backed by a schema; its YAML must start with a "
                               f"defaults entry such as '/schema/{key}/<name>@_here_'")
     _reject_unknown_keys(cfg, "")
-    return OmegaConf.to_object(cfg)
+    typed = OmegaConf.to_object(cfg)
+    _check_algorithm_fits(typed)
+    return typed
+
+
+ONLINE_ALGORITHMS = ("rtrl", "uoro", "kf_rtrl", "ok")
+
+
+def _check_algorithm_fits(cfg: Config) -> None:
+    """Online algorithms need a parameter-free input encoder and (except exact RTRL) a Kronecker-structured cell."""
+    name = cfg.algorithm.name.value
+    if name not in ONLINE_ALGORITHMS:
+        return
+    encoding = getattr(cfg.data, "input_encoding", None)
+    if encoding is not None and str(getattr(encoding, "value", encoding)) != "one_hot":
+        raise ConfigError(f"algorithm={name}: data.input_encoding={getattr(encoding, 'value', encoding)} adds an "
+                          "embedding that online algorithms do not track; set data.input_encoding=one_hot")
+    if name != "rtrl":
+        import hydra.utils
+
+        from rnnrepro.cells.base import KroneckerCell
+
+        cell = hydra.utils.get_class(cfg.model._target_)
+        if not issubclass(cell, KroneckerCell):
+            raise ConfigError(f"algorithm={name} needs a cell with a Kronecker form (h_hat, D, H); model="
+                              f"{cfg.model.name} has none: use model=rhn or model=rnn, or algorithm=rtrl (any cell, "
+                              "small n)")
 
 
 def _reject_unknown_keys(node: Any, prefix: str) -> None:

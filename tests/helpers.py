@@ -83,6 +83,106 @@ def write_tiny_cifar(root: Path, per_batch: int = 12, n_test: int = 10, seed: in
     return Path(root)
 
 
+def write_tiny_ptb_char(root: Path) -> Path:
+    """Mikolov's character-level PTB layout, ``ptb/ptb.char.{train,valid,test}.txt``: space-separated characters,
+    ``_`` between words, one sentence per line (a toy text; no md5 is checked for these files)."""
+    folder = Path(root) / "ptb"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = {"train": " t h e _ c a t _ s a t \n t h e _ d o g \n", "valid": " t h e _ c a t \n",
+            "test": " a _ d o g \n"}
+    for split, body in text.items():
+        (folder / f"ptb.char.{split}.txt").write_text(body * 10)
+    return Path(root)
+
+
+def write_tiny_wikitext2(root: Path) -> Path:
+    """WikiText-2's extracted-zip layout, ``wikitext-2/wiki.{train,valid,test}.tokens`` (headings, blank lines,
+    ``@-@`` tokens), with a toy text: not the canonical sizes, so use it with data.verify_checksums=false."""
+    folder = Path(root) / "wikitext-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    body = " \n = Valkyria Chronicles = \n \n the game began in 2011 @-@ 12 . \n"
+    for split, repeat in (("train", 12), ("valid", 6), ("test", 6)):
+        (folder / f"wiki.{split}.tokens").write_text(body * repeat)
+    return Path(root)
+
+
+def _music_pieces(rng, n):
+    return [[sorted(rng.choice(np.arange(21, 109), size=rng.integers(0, 4), replace=False).tolist())
+             for _ in range(rng.integers(3, 9))] for _ in range(n)]
+
+
+def write_tiny_music(root, name_mat="JSB_Chorales.mat", name_pickle="JSB Chorales.pickle"):
+    """The same pieces in both real formats: the canonical pickle and the TCN .mat (1 x N cells of T x 88 uint8)."""
+    import pickle
+
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    data = {"train": _music_pieces(rng, 6), "valid": _music_pieces(rng, 3), "test": _music_pieces(rng, 2)}
+    folder = Path(root) / "music"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name_pickle, "wb") as f:
+        pickle.dump(data, f)
+
+    def cell(pieces):
+        out = np.empty((1, len(pieces)), dtype=object)
+        for i, piece in enumerate(pieces):
+            roll = np.zeros((len(piece), 88), dtype=np.uint8)
+            for t, pitches in enumerate(piece):
+                roll[t, np.array(pitches, dtype=int) - 21] = 1
+            out[0, i] = roll
+        return out
+
+    savemat(folder / name_mat, {"traindata": cell(data["train"]), "validdata": cell(data["valid"]),
+                                "testdata": cell(data["test"])})
+    return data
+
+
+ATIS_LABELS = ["B-city", "I-city", "B-date", "I-date", "O"]
+
+
+def write_tiny_atis(root, fold=0):
+    """The is13 layout: gzip'd latin-1 pickle of (train, valid, test, dicts); splits are parallel id lists."""
+    import gzip
+    import pickle
+
+    words2idx = {w: i for i, w in enumerate(["flights", "to", "new", "york", "on", "monday", "boston"])}
+    labels2idx = {label: i for i, label in enumerate(ATIS_LABELS)}
+
+    def sentence(words, tags):
+        return [words2idx[w] for w in words], [0] * len(words), [labels2idx[t] for t in tags]
+
+    examples = [sentence(["flights", "to", "new", "york"], ["O", "O", "B-city", "I-city"]),
+                sentence(["flights", "to", "boston", "on", "monday"], ["O", "O", "B-city", "O", "B-date"])]
+
+    def split(n):
+        rows = [examples[i % 2] for i in range(n)]
+        return tuple([r[k] for r in rows] for k in range(3))
+
+    folder = Path(root) / "atis"
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / f"atis.fold{fold}.pkl.gz", "wb") as f:
+        pickle.dump((split(6), split(2), split(2), {"words2idx": words2idx, "labels2idx": labels2idx,
+                                                    "tables2idx": {}}), f)
+    return Path(root)
+
+
+def write_tiny_timit(root, sizes=(20, 6, 6), steps=12, seed=0):
+    """The harness's documented TIMIT format (rnnrepro/data/timit.py): ``timit/{train,val,test}.pt``, each
+    ``{"x": (N, T, 129), "lengths": (N,)}``, with predictable (sinusoidal) frames."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    folder = Path(root) / "timit"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in zip(("train", "val", "test"), sizes):
+        t = torch.arange(steps, dtype=torch.float32)[None, :, None]
+        x = torch.sin(0.5 * t + torch.rand(n, 1, 129, generator=gen) * 6.28)  # predictable frames
+        lengths = torch.randint(steps // 2, steps + 1, (n,), generator=gen)
+        torch.save({"x": x, "lengths": lengths}, folder / f"{name}.pt")
+    return root
+
+
 def backward_node_counts(tensor) -> Counter:
     """How many autograd nodes of each type the graph behind ``tensor`` holds (to check what a forward recorded)."""
     counts: Counter = Counter()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
-import pickle
-
 import pytest
 import torch
 
-from helpers import SHARED_DATA
+from helpers import ATIS_LABELS, SHARED_DATA, write_tiny_atis
 from rnnrepro.api import run
 from rnnrepro.config import validate
 from rnnrepro.data import build_datamodule
@@ -16,29 +13,7 @@ from rnnrepro.data.lm import ChecksumError
 from rnnrepro.tasks.base import Meter, Tag, iob_chunks
 
 REAL_ATIS = SHARED_DATA / "atis"
-LABELS = ["B-city", "I-city", "B-date", "I-date", "O"]
-
-
-def write_tiny_atis(root, fold=0):
-    """The is13 layout: gzip'd latin-1 pickle of (train, valid, test, dicts); splits are parallel id lists."""
-    words2idx = {w: i for i, w in enumerate(["flights", "to", "new", "york", "on", "monday", "boston"])}
-    labels2idx = {label: i for i, label in enumerate(LABELS)}
-
-    def sentence(words, tags):
-        return [words2idx[w] for w in words], [0] * len(words), [labels2idx[t] for t in tags]
-
-    examples = [sentence(["flights", "to", "new", "york"], ["O", "O", "B-city", "I-city"]),
-                sentence(["flights", "to", "boston", "on", "monday"], ["O", "O", "B-city", "O", "B-date"])]
-
-    def split(n):
-        rows = [examples[i % 2] for i in range(n)]
-        return tuple([r[k] for r in rows] for k in range(3))
-
-    folder = root / "atis"
-    folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(folder / f"atis.fold{fold}.pkl.gz", "wb") as f:
-        pickle.dump((split(6), split(2), split(2), {"words2idx": words2idx, "labels2idx": labels2idx,
-                                                    "tables2idx": {}}), f)
+LABELS = ATIS_LABELS
 
 
 @pytest.mark.parametrize("tags, spans", [

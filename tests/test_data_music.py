@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-import pickle
 
-import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
 
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, write_tiny_music
 from rnnrepro.api import run
 from rnnrepro.config import validate
 from rnnrepro.data import build_datamodule
@@ -19,34 +16,6 @@ from rnnrepro.tasks import build_task
 from rnnrepro.tasks.base import Meter
 
 REAL_MUSIC = SHARED_DATA / "music"
-
-
-def _pieces(rng, n):
-    return [[sorted(rng.choice(np.arange(21, 109), size=rng.integers(0, 4), replace=False).tolist())
-             for _ in range(rng.integers(3, 9))] for _ in range(n)]
-
-
-def write_tiny_music(root, name_mat="JSB_Chorales.mat", name_pickle="JSB Chorales.pickle"):
-    """The same pieces in both real formats: the canonical pickle and the TCN .mat (1 x N cells of T x 88 uint8)."""
-    rng = np.random.default_rng(0)
-    data = {"train": _pieces(rng, 6), "valid": _pieces(rng, 3), "test": _pieces(rng, 2)}
-    folder = root / "music"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / name_pickle, "wb") as f:
-        pickle.dump(data, f)
-
-    def cell(pieces):
-        out = np.empty((1, len(pieces)), dtype=object)
-        for i, piece in enumerate(pieces):
-            roll = np.zeros((len(piece), 88), dtype=np.uint8)
-            for t, pitches in enumerate(piece):
-                roll[t, np.array(pitches, dtype=int) - 21] = 1
-            out[0, i] = roll
-        return out
-
-    savemat(folder / name_mat, {"traindata": cell(data["train"]), "validdata": cell(data["valid"]),
-                                "testdata": cell(data["test"])})
-    return data
 
 
 def _data(compose_cfg, root, *overrides):

@@ -10,7 +10,7 @@ import torch
 
 from helpers import SHARED_DATA, write_tiny_ptb
 from rnnrepro.api import run
-from rnnrepro.config import validate
+from rnnrepro.config import ConfigError, validate
 from rnnrepro.data import DataNotFoundError, build_datamodule
 from rnnrepro.data.lm import ChecksumError, Dictionary, batchify, tokenize, windows
 
@@ -138,3 +138,119 @@ def test_wikitext2_reads_both_layouts_and_checks_sizes(compose_cfg, tmp_path):
     other = build_datamodule(compose_cfg(*base, "data.verify_checksums=false", "data.batch_size=2").data, 0)
     other.setup()
     assert other.num_tokens == data.num_tokens
+
+
+# ---------------------------------------------------------------- CHAR-PTB as the OK paper reads it (§4.2, tests 10-11)
+def _char_data(compose_cfg, root, *overrides):
+    cfg = compose_cfg("dataset=ptb_char", f"data.root={root}", "data.download=false", "data.verify_checksums=false",
+                      *overrides)
+    validate(cfg)
+    data = build_datamodule(cfg.data, 0)
+    data.setup()
+    return data
+
+
+def test_windows_reset_every_marks_column_positions():
+    source = batchify(torch.arange(60), 3)  # 20 rows x 3 columns
+    batches = list(windows(source, bptt=6, reset_every=4))
+    reset = torch.cat([b["reset"] for b in batches], dim=1)
+    assert reset.shape == (3, 19) and reset.dtype == torch.bool
+    assert reset[0].nonzero().flatten().tolist() == [0, 4, 8, 12, 16] and (reset == reset[0]).all()
+    assert [b["reset"].shape for b in windows(source, bptt=6, start=2, reset_every=4)] == [(3, 6), (3, 1)]
+    assert next(windows(source, bptt=6, start=2, reset_every=4))["reset"][0].nonzero().flatten().tolist() == [0, 4]
+    assert "reset" not in next(windows(source, bptt=6))
+
+
+def test_train_reset_every_in_training_only(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    data = _char_data(compose_cfg, root, "data.batch_size=2", "data.eval_batch_size=2", "data.bptt=7",
+                      "data.train_reset_every=5")
+    batches = list(data.train_batches(epoch=0))
+    assert len(batches) == data.num_train_batches()
+    reset, x = torch.cat([b["reset"] for b in batches], 1), torch.cat([b["x"] for b in batches], 1)
+    positions = torch.arange(x.shape[1])
+    assert torch.equal(reset, (positions % 5 == 0).expand_as(reset))  # exactly the multiples of N, nowhere else
+    assert torch.equal(x, data.sources["train"][:-1].t())
+    resumed = torch.cat([b["reset"] for b in data.train_batches(epoch=0, start_batch=3)], 1)
+    assert torch.equal(resumed, reset[:, 21:])
+    for split in ("val", "test"):
+        assert all("reset" not in b for b in data.eval_batches(split))  # evaluation never resets
+    assert data.describe()["train_reset_every"] == 5
+    plain = _char_data(compose_cfg, root, "data.batch_size=2")
+    assert all("reset" not in b for b in plain.train_batches(epoch=0))  # default: null, no resets
+
+
+def test_train_reset_every_must_be_positive(compose_cfg):
+    with pytest.raises(ConfigError, match="^data.train_reset_every"):
+        validate(compose_cfg("dataset=ptb_char", "data.train_reset_every=0"))
+
+
+def test_bytes_of_word_level_encoding(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    (root / "ptb" / "ptb.char.train.txt").write_text("a b _ c \n")  # char files present: ignored by this encoding
+    data = _char_data(compose_cfg, root, "data.encoding=bytes_of_word_level", "data.batch_size=1")
+    texts = {s: (root / "ptb" / f"ptb.{n}.txt").read_bytes() for s, n in (("train", "train"), ("val", "valid"),
+                                                                           ("test", "test"))}
+    symbols = sorted(set(b"".join(texts.values())))
+    assert data.dictionary.idx2word == [chr(v) for v in symbols] and data.spec.vocab_size == len(symbols)
+    assert data.dictionary.idx2word[:2] == ["\n", " "]  # ids = rank of the byte value
+    assert data.num_tokens == {s: len(t) for s, t in texts.items()}  # every byte, spaces and newlines included
+    decoded = "".join(data.dictionary.idx2word[i] for i in data.sources["train"][:, 0].tolist())
+    assert decoded == texts["train"].decode()
+    assert data.describe()["source"].startswith("bytes of") and data.describe()["encoding"] == "bytes_of_word_level"
+
+
+def test_words_joined_ignores_char_files(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    for split in ("train", "valid", "test"):
+        (root / "ptb" / f"ptb.char.{split}.txt").write_text(" a b _ c \n" * 40)
+    assert _char_data(compose_cfg, root).describe()["source"] == "ptb.char.*.txt"  # default: char files if present
+    data = _char_data(compose_cfg, root, "data.encoding=words_joined", "data.batch_size=1")
+    assert data.describe()["source"].startswith("built from")
+    first = [data.dictionary.idx2word[i] for i in data.sources["train"][:, 0].tolist()[:8]]
+    assert first == list("the_cat_")
+
+
+@pytest.mark.skipif(not (REAL_PTB / "ptb.valid.txt").exists(), reason="shared PTB files not present")
+def test_real_bytes_of_word_level_has_50_symbols(compose_cfg):
+    """Test 11: the OK arrays hold 399,781 (valid) / 449,945 (test) ids in 0..49; the byte encoding of the word-level
+    files gives 50 symbols and 399,782 / 449,945 ids. The arrays themselves could not be compared offline."""
+    data = build_datamodule(compose_cfg("dataset=ptb_char", f"data.root={SHARED_DATA}",
+                                        "data.encoding=bytes_of_word_level").data, 0)
+    data.setup()
+    assert data.spec.vocab_size == 50
+    assert data.num_tokens == {"train": 5_101_618, "val": 399_782, "test": 449_945}
+
+
+def test_one_hot_inputs_have_no_encoder_parameters_and_run(compose_cfg, tmp_path):
+    from rnnrepro.models import OneHot, build_model
+    from rnnrepro.tasks import build_task
+
+    root = write_tiny_ptb(tmp_path)
+    data = _char_data(compose_cfg, root, "data.input_encoding=one_hot", "data.batch_size=2", "data.bptt=5",
+                      "model=lstm", "model.hidden_size=8")
+    vocab = data.spec.vocab_size
+    assert data.spec.input_encoding == "one_hot" and data.spec.input_size == vocab
+    cfg = compose_cfg("model=lstm", "model.hidden_size=8")
+    model = build_model(cfg.model, data.spec, build_task(data.spec.task, metric=data.spec.metric))
+    assert isinstance(model.encoder, OneHot) and not list(model.encoder.parameters())
+    assert not model.encoder.state_dict()
+    n = 8
+    assert sum(p.numel() for p in model.parameters()) == 4 * (n * vocab + n * n + 2 * n) + n * vocab + vocab
+    batch = next(data.train_batches(epoch=0))
+    out, _ = model(batch["x"])
+    assert out.shape == (2, 5, vocab) and torch.isfinite(out).all()
+    assert model.double()(batch["x"])[0].dtype == torch.float64  # the one-hot follows the model's dtype
+    embedded = _char_data(compose_cfg, root, "data.batch_size=2")
+    assert embedded.spec.input_encoding == "embedding" and embedded.spec.input_size == 128
+
+
+def test_ok_style_char_ptb_run_completes(compose_cfg, tmp_path):
+    root = write_tiny_ptb(tmp_path)
+    out = tmp_path / "ok_ptb"
+    summary = run(compose_cfg("dataset=ptb_char", f"data.root={root}", "data.download=false",
+                              "data.verify_checksums=false", "data.encoding=bytes_of_word_level",
+                              "data.input_encoding=one_hot", "data.train_reset_every=4", "data.bptt=5",
+                              "data.eval_batch_size=2", "model=lstm", output_dir=out))
+    assert summary["status"] == "completed" and summary["metric"] == "bpc"
+    assert summary["data"]["encoding"] == "bytes_of_word_level" and summary["data"]["input_encoding"] == "one_hot"

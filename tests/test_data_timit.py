@@ -5,22 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import write_tiny_timit
 from rnnrepro.api import run
 from rnnrepro.config import validate
 from rnnrepro.data import DataNotFoundError, build_datamodule
 from rnnrepro.tasks.base import Meter, RegressionEach
-
-
-def write_tiny_timit(root, sizes=(20, 6, 6), steps=12, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    folder = root / "timit"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, n in zip(("train", "val", "test"), sizes):
-        t = torch.arange(steps, dtype=torch.float32)[None, :, None]
-        x = torch.sin(0.5 * t + torch.rand(n, 1, 129, generator=gen) * 6.28)  # predictable frames
-        lengths = torch.randint(steps // 2, steps + 1, (n,), generator=gen)
-        torch.save({"x": x, "lengths": lengths}, folder / f"{name}.pt")
-    return root
 
 
 def test_missing_files_say_timit_is_licensed(compose_cfg, tmp_path):

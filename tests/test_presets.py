@@ -8,16 +8,47 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import REPO, write_tiny_har
+from helpers import (
+    REPO,
+    write_tiny_atis,
+    write_tiny_har,
+    write_tiny_music,
+    write_tiny_ptb,
+    write_tiny_ptb_char,
+    write_tiny_timit,
+    write_tiny_wikitext2,
+)
 from rnnrepro.api import run
 from rnnrepro.config import validate
+from rnnrepro.data.music import MUSIC_FILES
 
 PRESETS = sorted(str(p.relative_to(REPO / "conf" / "experiment"))[:-5]
                  for p in (REPO / "conf" / "experiment").rglob("*.yaml"))
 # The generated fixtures are not the canonical files; tiny models keep vocabulary-sized layers cheap.
-DATA_OVERRIDES = {"ptb_word": ["data.verify_checksums=false", "data.batch_size=4", "data.bptt=5"],
+LM_TINY = ["data.verify_checksums=false", "data.batch_size=4", "data.bptt=5"]
+DATA_OVERRIDES = {"ptb_word": LM_TINY, "ptb_char": LM_TINY, "wikitext2": LM_TINY,
                   "pcifar10": ["data.verify_checksums=false", "data.batch_size=32"],
-                  "npcifar10": ["data.verify_checksums=false", "data.batch_size=32"]}
+                  "npcifar10": ["data.verify_checksums=false", "data.batch_size=32"],
+                  "atis": ["data.verify_checksums=false"],
+                  "copy_memory": ["data.n_train=256", "data.n_val=64", "data.n_test=64"],
+                  **{name: ["data.verify_checksums=false"] for name in MUSIC_FILES}}
+
+
+def _music_writer(name):
+    mat, _, pickle_name = MUSIC_FILES[name]
+
+    def write(root):
+        write_tiny_music(root, mat, pickle_name)
+        return root
+
+    return write
+
+
+# Datasets whose tiny fixture is written into a fresh data root per test (the session root holds MNIST, PTB, CIFAR).
+DATA_FIXTURES = {"har2": write_tiny_har, "atis": write_tiny_atis, "timit": write_tiny_timit,
+                 "wikitext2": write_tiny_wikitext2,
+                 "ptb_char": lambda root: write_tiny_ptb_char(write_tiny_ptb(root)),  # char and word files, as PTB
+                 **{name: _music_writer(name) for name in MUSIC_FILES}}
 EXPECTED = pd.concat([pd.read_csv(p) for p in sorted((REPO / "results" / "expected").glob("*.csv"))])
 
 
@@ -48,8 +79,8 @@ def test_preset_runs_two_steps(preset, compose_cfg, tmp_path):
                  "trainer.device=cpu"]
     dataset = compose_cfg(*overrides, tiny=False).data.name
     extra = list(DATA_OVERRIDES.get(dataset, []))
-    if dataset == "har2":
-        extra.append(f"data.root={write_tiny_har(tmp_path / 'har')}")
+    if dataset in DATA_FIXTURES:
+        extra.append(f"data.root={DATA_FIXTURES[dataset](tmp_path / 'data')}")
     cfg = compose_cfg(*overrides, *extra, tiny=False)
     typed = validate(cfg)
     assert cfg.meta.experiment == preset and cfg.meta.paper and cfg.meta.table and cfg.meta.row

@@ -33,6 +33,20 @@ def test_expected_files_cover_the_issue_tables():
     assert set(sbo.row) == {"Ours (SBO-RNN)", "LSTM", "RNN", "iRNN", "AntisymmetricRNN"}
 
 
+def test_not_found_cells_stay_empty_and_log_values_are_labelled():
+    stable = load_expected(str(REPO / "results"), "stable_recurrent_models")
+    assert stable.reported.isna().all()  # Table 1 was not read: no value may be filled in
+    table1 = stable[stable.table == "table1"]
+    assert set(table1.row) == {"Unstable RNN", "Unstable LSTM"} and len(table1) == 8
+    assert (table1.reported_kind == "paper").all() and table1.source.str.startswith("[not found]").all()
+    assert (stable[stable.table != "table1"].reported_kind == "none").all()  # extensions: no paper cell
+    momentum = load_expected(str(REPO / "results"), "momentum_rnn")
+    logged = momentum.dropna(subset=["reported"])
+    assert len(logged) >= 1 and (logged.reported_kind == "log").all()  # never mixed into a "paper" column
+    assert logged.source.str.startswith("[log:").all()
+    assert (momentum[momentum.reported.isna()].reported_kind != "log").all()
+
+
 def test_cell_statistics_and_difference():
     expected = pd.Series({"column": "MNIST", "row": "X", "unit": "%", "reported": 98.0, "reported_kind": "paper",
                           "experiment": "p/x", "source": "[paper Table 1]"})

@@ -33,7 +33,7 @@ def test_run_writes_config_metrics_and_summary(compose_cfg, tmp_path):
     assert on_disk["torch_version"] == torch.__version__ and on_disk["device"] == "cpu"
 
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns[:3]) == ["step", "epoch", "split"]
+    assert list(metrics.columns[:4]) == ["step", "time_steps", "epoch", "split"]
     assert list(metrics.columns[-2:]) == ["lr", "wall_time_s"]
     assert {"loss", "acc"} <= set(metrics.columns)
     val = metrics[metrics.split == "val"]

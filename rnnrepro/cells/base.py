@@ -8,7 +8,7 @@ backward quadratic in T (73x slower at T=784, shared/design/performance.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -77,3 +77,35 @@ class RecurrentCell(nn.Module):
 def init_uniform_fan(weight: Tensor, hidden_size: int) -> None:
     bound = hidden_size**-0.5
     nn.init.uniform_(weight, -bound, bound)
+
+
+class KroneckerStep(NamedTuple):
+    """One step of a Kronecker-structured cell, h_t = g(z_t, h_{t-1}) with z_t = h_hat_t W."""
+
+    h: Tensor  # (B, n) the new state
+    h_hat: Tensor  # (B, a) [x_t, h_{t-1}, 1], a = m + n + 1
+    D: Tensor  # (B, n, K) dh_t/dz_t: the immediate influence is F_t = h_hat_t (x) D_t
+    H: Tensor  # (B, n, n) dh_t/dh_{t-1}, the total one-step state Jacobian
+
+
+class KroneckerCell:
+    """Mixin for cells whose parameters enter only through z_t = [x_t, h_{t-1}, 1] W, W of shape (a, K), with a
+    single state vector h (online_rtrl spec R5). UORO, KF-RTRL, OK and the fast exact RTRL use this form:
+    ``kron_step`` gives the factors of one step, ``kron_add_grad`` maps a gradient with respect to W (a, K) onto the
+    cell's own parameters (adding to ``.grad``)."""
+
+    def kron_width(self) -> int:
+        raise NotImplementedError
+
+    def kron_step(self, x: Tensor, h: Tensor) -> KroneckerStep:
+        raise NotImplementedError
+
+    def kron_add_grad(self, grad_w: Tensor) -> None:
+        raise NotImplementedError
+
+
+def add_grad(param: Tensor, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnrepro.cells.base import RecurrentCell, State
+from rnnrepro.cells.base import KroneckerCell, KroneckerStep, RecurrentCell, State, add_grad
 
 
 class _FusedCell(RecurrentCell):
@@ -46,8 +46,9 @@ class _FusedCell(RecurrentCell):
         return (out if return_sequence else out[-1]), self._state_from(hn)
 
 
-class TanhRNN(_FusedCell):
-    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)."""
+class TanhRNN(_FusedCell, KroneckerCell):
+    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Kronecker form: W = [W_ih^T; W_hh^T; (b_ih + b_hh)^T],
+    K = n, D_t = diag(phi'(z_t)), H_t = D_t W_hh."""
 
     nonlinearity = "tanh"
 
@@ -64,6 +65,27 @@ class TanhRNN(_FusedCell):
 
     def redundant_parameters(self) -> int:
         return self.hidden_size  # only b_ih + b_hh matters
+
+    def kron_width(self) -> int:
+        return self.hidden_size
+
+    def kron_step(self, x: Tensor, h: Tensor) -> KroneckerStep:
+        z = torch.addmm(F.linear(x, self.w_ih, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0), h, self.w_hh.t())
+        if self.nonlinearity == "tanh":
+            h_new = torch.tanh(z)
+            slope = 1 - h_new * h_new
+        else:
+            h_new = torch.relu(z)
+            slope = (z > 0).to(z.dtype)
+        h_hat = torch.cat([x, h, x.new_ones(x.shape[0], 1)], 1)
+        return KroneckerStep(h_new, h_hat, torch.diag_embed(slope), slope.unsqueeze(2) * self.w_hh)
+
+    def kron_add_grad(self, grad_w: Tensor) -> None:
+        m, n = self.input_size, self.hidden_size
+        add_grad(self.w_ih, grad_w[:m].t())
+        add_grad(self.w_hh, grad_w[m : m + n].t())
+        add_grad(self.rnn.bias_ih_l0, grad_w[m + n])  # both biases receive the gradient of their sum
+        add_grad(self.rnn.bias_hh_l0, grad_w[m + n])
 
 
 class IRNN(TanhRNN):

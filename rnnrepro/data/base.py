@@ -2,7 +2,19 @@
 
 A data module loads its files in ``setup`` (raising DataNotFoundError with the expected files, the download URLs
 and the config keys to set), declares a DataSpec (input size, output size, task type), and yields batches as dicts
-``{"x": (B, T, m) or (B, T), "y": ..., optional "mask": (B, T)}``.
+``{"x": (B, T, m) or (B, T), "y": ..., optional "mask": (B, T), optional "reset": (B, T)}``, batch-first.
+
+- ``mask`` (bool): the positions that carry a target (loss and metrics are computed over these only).
+- ``reset`` (bool): True at (b, t) means that the recurrent state of stream b -- and any online influence matrix an
+  algorithm keeps for it (RTRL, UORO, KF-RTRL, OK) -- is set to zero *before* step t is processed. Streams that read
+  one long input (the string-memorisation task's back-to-back sequences, CHAR-PTB with ``data.train_reset_every``)
+  use it to cut the state at sequence boundaries. Absent means no reset inside the batch. Algorithms that do not
+  support it (plain BPTT today) ignore it.
+
+Task-side hooks (no-ops by default), called by the trainer for every training algorithm: ``observe(step_losses)``
+after each training batch (the string-memorisation curriculum lives there, not in the trainer), ``train_extras()``
+for values logged with each train row, and ``checkpoint_state()`` / ``load_checkpoint_state(state)`` so that a resumed
+run continues the same data streams.
 
 Randomness: the train/validation split uses ``data.split_seed`` (task randomness); the shuffling order of epoch e
 uses a generator seeded from (run seed, e), so a resumed run sees exactly the batches an uninterrupted run would.
@@ -35,6 +47,9 @@ class DataSpec:
     task: TaskType
     seq_len: int | None = None
     vocab_size: int | None = None  # set for token inputs (an embedding of size input_size is added)
+    # token inputs only: "embedding" (nn.Embedding(vocab_size, input_size)) or "one_hot" (a parameter-free one-hot
+    # encoder; input_size == vocab_size), as the OK paper feeds characters straight into W
+    input_encoding: str = "embedding"
     metric: str = "acc"
     labels: list | None = None  # tag names (IOB), for span-level F1
 
@@ -45,6 +60,13 @@ def resolve_root(root: str | None) -> str:
 
 class SequenceDataModule:
     spec: DataSpec
+    # Training batches continue one another (language-model streams): the final state of a batch seeds the next.
+    carry_state: bool = False
+    # Evaluation batches continue one another too; None means "same as carry_state".
+    eval_carry_state: bool | None = None
+    # The training stream never restarts (the string-memorisation streams): keep the state across epochs, which are
+    # only logging units. False: every epoch starts from a zero state.
+    continuous_stream: bool = False
 
     def __init__(self, cfg: Any, run_seed: int) -> None:
         self.cfg = cfg
@@ -68,7 +90,22 @@ class SequenceDataModule:
         return {"name": self.cfg.name}
 
     def checkpoint_state(self) -> dict:
-        """Tensors that define the task (e.g. the permutation), saved with every checkpoint."""
+        """Tensors that define the task (e.g. the permutation), saved with every checkpoint; modules with mutable
+        stream state (the string-memorisation curriculum) return it here too."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Restores what :meth:`checkpoint_state` returned (called on resume, after ``setup``), so that a resumed run
+        continues the same streams. Default: nothing to restore (the state is rebuilt by ``setup``)."""
+
+    def observe(self, step_losses: Tensor) -> None:
+        """Called by the trainer after each training batch with a (L,) tensor: the batch-mean cross-entropy in nats
+        of each of the L steps of that batch, in order. Task-side feedback such as a curriculum updates here, so
+        that every training algorithm can use it. A module may also accept the unreduced per-stream (B, L) losses
+        (string_memo needs them for ``data.curriculum.metric=recall_positions``). Default: ignored."""
+
+    def train_extras(self) -> dict[str, float]:
+        """Extra values logged with each train row (e.g. ``curriculum_T``). Default: none."""
         return {}
 
 

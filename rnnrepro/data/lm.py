@@ -15,6 +15,20 @@ the window boundary) and reset at the start of each epoch and of each evaluation
 
 Metric: mean token-level negative log-likelihood over every predicted token of the batchified columns (N/B - 1 targets
 per column), reported as perplexity exp(NLL); bits per token = NLL / ln 2 is logged too.
+
+Options shared by the LM datasets (ptb_word, ptb_char, wikitext2):
+
+- ``data.input_encoding``: ``embedding`` (default; ``nn.Embedding(vocab, data.embedding_size)``) or ``one_hot`` (a
+  parameter-free one-hot encoder, cell input size = vocabulary; the OK / RTRL papers feed one-hot characters straight
+  into W; ``data.embedding_size`` is then unused).
+- ``data.train_reset_every: N`` (default null): training batches carry ``reset`` (B, L), True where the position of the
+  input in its batchified column (row index, 0-based) is a multiple of N, so the state (and an online algorithm's
+  influence matrix) is zeroed every N characters: the OK CHAR-PTB protocol uses N = 100. The official OK code resets
+  where the *absolute file index* of each of its B streams (started at offsets linspace(0, len-1, B)) is a multiple of
+  100; the column rule here gives the same "at most N steps of history" truncation with aligned reset points.
+  Evaluation never resets (the state is carried through the whole evaluation stream, as the OK evaluation does).
+
+CHAR-PTB encodings (``data.encoding``, ptb_char only), see :class:`PTBChar`.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,17 +103,39 @@ def tokenize_chars(path: str, dictionary: Dictionary, from_words: bool) -> Tenso
     return torch.tensor(ids, dtype=torch.long)
 
 
+def tokenize_bytes(paths: list[str], dictionary: Dictionary) -> list[Tensor]:
+    """CHAR-PTB as the OK code encodes it (``encoding=bytes_of_word_level``): every byte of the word-level files,
+    spaces and newlines included; ids = rank of the byte value among the distinct byte values of all the given files
+    in sorted order (50 symbols for the three PTB files). The OK repository's byte -> id mapping is [not found] in the
+    spec (its ptb.train.npy was not obtainable); the rank mapping is a harness choice. The shipped ptb.valid.npy /
+    ptb.test.npy (399,781 / 449,945 ids, whereas ptb.valid.txt has 399,782 bytes and ptb.test.txt 449,945) could not be
+    compared offline, so neither the mapping nor the one-id difference on valid is verified."""
+    arrays = [np.fromfile(p, dtype=np.uint8) for p in paths]
+    symbols = np.unique(np.concatenate(arrays))
+    for value in symbols.tolist():
+        dictionary.add(bytes([value]).decode("latin-1"))
+    rank = np.full(256, -1, dtype=np.int64)
+    rank[symbols] = np.arange(len(symbols))
+    return [torch.from_numpy(rank[a]) for a in arrays]
+
+
 def batchify(stream: Tensor, batch_size: int) -> Tensor:
     """(N,) -> (N // B, B): B contiguous columns of text, the tail that does not fill a row dropped."""
     n_rows = stream.numel() // batch_size
     return stream[: n_rows * batch_size].view(batch_size, n_rows).t().contiguous()
 
 
-def windows(source: Tensor, bptt: int, start: int = 0) -> Iterator[dict]:
-    """Consecutive windows of a batchified split as batches {"x": (B, L), "y": (B, L)}, batch-first."""
+def windows(source: Tensor, bptt: int, start: int = 0, reset_every: int | None = None) -> Iterator[dict]:
+    """Consecutive windows of a batchified split as batches {"x": (B, L), "y": (B, L)}, batch-first. With
+    ``reset_every=N`` each batch also carries ``reset`` (B, L): True where the input's row index in the batchified
+    source (its position in its column) is a multiple of N."""
     for i in range(start * bptt, source.shape[0] - 1, bptt):
         length = min(bptt, source.shape[0] - 1 - i)
-        yield {"x": source[i : i + length].t(), "y": source[i + 1 : i + 1 + length].t()}
+        batch = {"x": source[i : i + length].t(), "y": source[i + 1 : i + 1 + length].t()}
+        if reset_every is not None:
+            rows = torch.arange(i, i + length) % int(reset_every) == 0
+            batch["reset"] = rows.expand(source.shape[1], length).clone()
+        yield batch
 
 
 def ensure_ptb_files(folder: str, download: bool, verify: bool) -> dict[str, str]:
@@ -157,14 +194,20 @@ class PTBWord(SequenceDataModule):
                         "val": batchify(tokens["val"], int(self.cfg.eval_batch_size)),
                         "test": batchify(tokens["test"], int(self.cfg.eval_batch_size))}
         vocab = len(self.dictionary)
-        self.spec = DataSpec(input_size=int(self.cfg.embedding_size), output_size=vocab, task=TaskType.classify_each,
-                             seq_len=self.bptt, vocab_size=vocab, metric=self.metric)
+        encoding = self._option("input_encoding", "embedding")
+        self.spec = DataSpec(input_size=vocab if encoding == "one_hot" else int(self.cfg.embedding_size),
+                             output_size=vocab, task=TaskType.classify_each, seq_len=self.bptt, vocab_size=vocab,
+                             metric=self.metric, input_encoding=encoding)
+
+    def _option(self, key: str, default):
+        value = self.cfg.get(key, default)
+        return getattr(value, "value", value)  # enums (typed configs) -> their string
 
     def num_train_batches(self) -> int:
         return -(-(self.sources["train"].shape[0] - 1) // self.bptt)
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
-        return windows(self.sources["train"], self.bptt, start_batch)
+        return windows(self.sources["train"], self.bptt, start_batch, self._option("train_reset_every", None))
 
     def eval_batches(self, split: str) -> Iterator[dict]:
         return windows(self.sources[split], self.bptt)
@@ -173,20 +216,39 @@ class PTBWord(SequenceDataModule):
         return {"name": self.cfg.name, "vocab_size": len(self.dictionary), "tokens": self.num_tokens,
                 "bptt": self.bptt, "batch_size": int(self.cfg.batch_size),
                 "eval_batch_size": int(self.cfg.eval_batch_size), "permutation_sha1": None,
-                "sizes": {k: int(v.numel()) for k, v in self.sources.items()}}
+                "sizes": {k: int(v.numel()) for k, v in self.sources.items()},
+                "input_encoding": self.spec.input_encoding,
+                "train_reset_every": self._option("train_reset_every", None)}
 
 
 class PTBChar(PTBWord):
-    """Character-level PTB (Mikolov split, 50 symbols), metric bits per character. Reads
-    ``<root>/ptb/ptb.char.{train,valid,test}.txt`` when all three exist; otherwise builds the character stream from
-    the md5-checked word-level files (``self.source`` records which)."""
+    """Character-level PTB (Mikolov split, 50 symbols), metric bits per character. ``data.encoding`` picks the text:
+
+    - ``ptb_char_files`` (default, the behaviour before the option existed): reads
+      ``<root>/ptb/ptb.char.{train,valid,test}.txt`` when all three exist; otherwise falls back to ``words_joined``.
+    - ``words_joined``: spells out the md5-checked word-level files, words joined by ``_``, ``<eos>`` per line
+      (48 characters + ``_`` + ``<eos>`` = 50 symbols).
+    - ``bytes_of_word_level``: the word-level files byte by byte, spaces and newlines included (50 byte values): the
+      text the OK paper's arrays very probably encode (spec §4.2 [inference]); see :func:`tokenize_bytes`.
+
+    ``self.source`` (summary.json ``data.source``) records what was read."""
 
     metric = "bpc"
 
     def read_splits(self) -> dict[str, Tensor]:
         folder = os.path.join(self.root, "ptb")
+        encoding = self._option("encoding", "ptb_char_files")
+        if encoding == "bytes_of_word_level":
+            self.source = "bytes of ptb.*.txt (word level)"
+            words = ensure_ptb_files(folder, bool(self.cfg.download), bool(self.cfg.verify_checksums))
+            splits = (("train", "train"), ("val", "valid"), ("test", "test"))
+            ids = tokenize_bytes([words[f"ptb.{name}.txt"] for _, name in splits], self.dictionary)
+            return {split: t for (split, _), t in zip(splits, ids)}
+        if encoding not in ("ptb_char_files", "words_joined"):
+            raise ValueError(f"data.encoding must be ptb_char_files, words_joined or bytes_of_word_level, got "
+                             f"{encoding!r}")
         char_paths = {name: os.path.join(folder, f"ptb.char.{name}.txt") for name in ("train", "valid", "test")}
-        if all(os.path.exists(p) for p in char_paths.values()):
+        if encoding == "ptb_char_files" and all(os.path.exists(p) for p in char_paths.values()):
             self.source = "ptb.char.*.txt"
             paths, from_words = char_paths, False
         else:
@@ -197,7 +259,7 @@ class PTBChar(PTBWord):
                 for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
 
     def describe(self) -> dict:
-        return {**super().describe(), "source": self.source}
+        return {**super().describe(), "source": self.source, "encoding": self._option("encoding", "ptb_char_files")}
 
 
 WIKITEXT2_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"

@@ -1,4 +1,4 @@
-"""metrics.csv: one row per evaluation and split (step, epoch, split, metric columns, lr, wall time)."""
+"""metrics.csv: one row per evaluation and split (step, time steps, epoch, split, metric columns, lr, wall time)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-LEADING = ["step", "epoch", "split"]
+LEADING = ["step", "time_steps", "epoch", "split"]
 TRAILING = ["lr", "wall_time_s"]
 
 

@@ -70,17 +70,40 @@ def _describe_data(data: dict | None) -> str:
     return f"{data.get('name')} ({split} train/val/test" + (f", permutation {perm[:10]})" if perm else ")")
 
 
+# What a table cell measures (column ``measured`` of results/expected/<paper>.csv; empty means "test"): the test
+# metric at the best-validation checkpoint and at the end; the validation metric (when the paper reports validation
+# numbers, e.g. the OK paper's CHAR-PTB logs), or a training-side value such as the curriculum T reached.
+MEASURED_LABELS = {"test": "test at best val / test last", "val": "best validation / last validation",
+                   "train_extras.curriculum_T": "curriculum T reached at the end of training"}
+
+
+def _measured_value(summary: dict, measured: str, which: str) -> float | None:
+    if measured == "test":
+        return summary.get("test_at_best_val" if which == "best" else "test_last")
+    if measured == "val":
+        return summary.get("best_val" if which == "best" else "val_last")
+    if measured.startswith("train_extras."):
+        return (summary.get("train_extras") or {}).get(measured.split(".", 1)[1])
+    raise ValueError(f"results/expected: unknown measured value {measured!r}; use test, val or train_extras.<key>")
+
+
+def _scaled(value: float | None, scale: float) -> float | None:
+    return None if value is None else value * scale
+
+
 def summarise_cell(expected: pd.Series, summaries: list[dict], planned: int | None = None) -> dict:
     """One table row: measured statistics of the finished runs of one preset, and the reported value. ``planned``
     runs that left no summary (e.g. missing data) are counted in ``notes``."""
     scale = _scale(str(expected["unit"]))
     digits = 2 if scale == 100.0 else 3
     ok = [s for s in summaries if s.get("status") == "completed"]
-    best = [s["test_at_best_val"] * scale if s.get("test_at_best_val") is not None else None for s in ok]
-    last = [s["test_last"] * scale if s.get("test_last") is not None else None for s in ok]
+    measured = expected.get("measured")
+    measured = "test" if not isinstance(measured, str) or not measured else measured
+    best = [_scaled(_measured_value(s, measured, "best"), scale) for s in ok]
+    last = [_scaled(_measured_value(s, measured, "last"), scale) for s in ok]
     mean_best, std_best, text_best = _mean_std(best, digits)
     _, _, text_last = _mean_std(last, digits)
-    notes = []
+    notes = [] if measured == "test" else [f"measured: {MEASURED_LABELS.get(measured, measured)}"]
     if len(summaries) > len(ok):
         notes.append(f"{len(summaries) - len(ok)} diverged/failed")
     if planned is not None and planned > len(summaries):

@@ -52,6 +52,10 @@ class Task:
     def compute(self, meter: Meter) -> dict[str, float]:
         return meter.averages()
 
+    def step_losses(self, out: Tensor, batch: dict) -> Tensor:
+        """(T,) the batch-mean loss of each time step, for data modules that observe training losses."""
+        raise NotImplementedError(f"{type(self).__name__} does not define per-step losses")
+
     def is_better(self, new: float, best: float | None) -> bool:
         if best is None or not math.isfinite(best):
             return math.isfinite(new)
@@ -92,11 +96,22 @@ class ClassifyEach(Task):
         return logits, y
 
     def loss(self, out: Tensor, batch: dict) -> Tensor:
-        return F.cross_entropy(*self._flat(out, batch))
+        logits, y = self._flat(out, batch)
+        if y.numel() == 0:  # no step of this batch carries a target (e.g. a recall mask before any recall)
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, y)
 
     def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
         logits, y = self._flat(out, batch)
         meter.add(y.numel(), loss=F.cross_entropy(logits, y, reduction="sum"), acc=(logits.argmax(-1) == y).sum())
+
+    def step_losses(self, out: Tensor, batch: dict) -> Tensor:
+        nats = F.cross_entropy(out.transpose(1, 2), batch["y"], reduction="none")  # (B, T)
+        mask = batch.get("mask")
+        if mask is None:
+            return nats.mean(0)
+        weight = mask.to(nats.dtype)
+        return (nats * weight).sum(0) / weight.sum(0).clamp(min=1)
 
     def compute(self, meter: Meter) -> dict[str, float]:
         avg = meter.averages()

@@ -2,7 +2,12 @@
 
 An algorithm turns one batch into parameter gradients and decides when the weights move: it receives an ``update``
 callback (clip, optimizer step, constraint hooks, per-step schedule) and may call it once per batch (BPTT), once per
-window (truncated BPTT) or once per time step (online algorithms such as RTRL). The trainer stays the same for all.
+window (truncated BPTT) or once per time step (online algorithms: exact RTRL, UORO, KF-RTRL, OK). The trainer stays
+the same for all.
+
+Every algorithm records ``step_losses``, the batch-mean loss of each time step of the last batch (for data modules
+that observe training losses, such as the string-memorisation curriculum), and honours a batch's optional ``reset``
+(B, T) mask: the state of a stream is zeroed before the steps where it is True.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from rnnrepro.config import ConfigError
 from rnnrepro.models import SequenceModel
+from rnnrepro.online.influence import build_estimator
 
 
 class Diverged(RuntimeError):
@@ -27,10 +35,24 @@ def check_finite(loss: torch.Tensor) -> float:
     return value
 
 
+def _name(cfg: Any) -> str:
+    return str(getattr(cfg.name, "value", cfg.name))
+
+
+def slice_time(batch: dict, window: slice, length: int) -> dict:
+    """The sub-batch of time steps ``window`` (batch-first tensors whose second dimension is time)."""
+    return {k: v[:, window] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[1] == length else v
+            for k, v in batch.items()}
+
+
 class GradientAlgorithm:
     def __init__(self, cfg: Any, model: SequenceModel, carry_state: bool = False) -> None:
         self.cfg, self.model, self.carry_state = cfg, model, carry_state
-        self.state: tuple | None = None
+        self.state: Any = None
+        self.step_losses: Tensor | None = None
+        self.want_step_losses = False  # set by the trainer when the data module observes training losses
+        self.should_stop: Callable[[], bool] = lambda: False  # set by the trainer: the step budget is spent
+        self.diagnostics: dict[str, float] = {}
 
     def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
         """Trains on one batch; returns its mean loss. ``update()`` applies the accumulated gradients and returns
@@ -40,25 +62,152 @@ class GradientAlgorithm:
     def reset(self) -> None:
         self.state = None
 
+    def apply_update(self, update: Callable[[], int]) -> int:
+        clip = self.cfg.clip_cell
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.cell.parameters(), float(clip))
+        return update()
+
+    def _record_step_losses(self, out: Tensor, batch: dict) -> None:
+        if self.want_step_losses:
+            with torch.no_grad():
+                self.step_losses = self.model.task.step_losses(out.detach(), batch)
+
 
 class BPTT(GradientAlgorithm):
     """Backpropagation through the whole sequence, one update per batch. With ``carry_state`` (language models
     read as one long stream) the final state seeds the next batch, detached from its graph."""
 
     def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
-        out, state = self.model(batch["x"], self.state)
+        out, state = self.model(batch["x"], self.state, reset=batch.get("reset"))
         if self.carry_state:
             self.state = tuple(s.detach() for s in state)
         loss = self.model.task.loss(out, batch)
         value = check_finite(loss)
         loss.backward()
-        update()
+        self._record_step_losses(out, batch)
+        self.apply_update(update)
         return value
 
 
-ALGORITHMS = {"bptt": BPTT}
+class TBPTT(GradientAlgorithm):
+    """Truncated BPTT(k): windows of k steps, one update per window; the state is carried across windows (detached)
+    and, with ``carry_state``, across batches. Sequence-level tasks (one target at the end) train on the last
+    window only, the earlier windows just advance the state."""
+
+    def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
+        k = int(self.cfg.tbptt.truncation)
+        length = batch["x"].shape[1]
+        task = self.model.task
+        state = self.state if self.carry_state else None
+        values, step_losses = [], []
+        starts = list(range(0, length, k))
+        for start in starts:
+            window = slice_time(batch, slice(start, start + k), length)
+            last = start == starts[-1]
+            if not task.sequence_output and not last:
+                with torch.no_grad():
+                    state = self.model(window["x"], state, reset=window.get("reset"))[1]
+                continue
+            loss_batch = window if task.sequence_output else {**batch, "x": window["x"]}
+            out, state = self.model(window["x"], state, reset=window.get("reset"))
+            loss = task.loss(out, loss_batch)
+            values.append(check_finite(loss))
+            loss.backward()
+            if self.want_step_losses:
+                step_losses.append(task.step_losses(out.detach(), window))
+            state = tuple(s.detach() for s in state)
+            self.apply_update(update)
+            if self.should_stop():
+                break
+        self.state = state if self.carry_state else None
+        self.step_losses = torch.cat(step_losses) if step_losses else None
+        return sum(values) / max(len(values), 1)
+
+
+class Online(GradientAlgorithm):
+    """Online training from a forward-carried influence estimate (exact RTRL, UORO, KF-RTRL, OK).
+
+    Per time step (the OK code's order): advance h_t and the influence with the current weights; L_t from the head;
+    q_t = dL_t/dh_t by autograd through the head (whose parameters get their ordinary immediate gradient);
+    add q_t G_t to the cell's gradient; every ``update_every`` steps apply the update. The cell's input encoder must
+    be parameter-free (its weights would need an influence of their own): token data uses
+    ``data.input_encoding=one_hot``, which the Kronecker cells fold into the input rows of W.
+    """
+
+    def __init__(self, cfg: Any, model: SequenceModel, carry_state: bool = False) -> None:
+        super().__init__(cfg, model, carry_state)
+        if any(p.requires_grad for p in model.encoder.parameters()):
+            raise ConfigError(f"algorithm={_name(cfg)}: the input encoder has trainable parameters (an embedding) "
+                              "that online algorithms do not track; set data.input_encoding=one_hot")
+        try:
+            self.estimator = build_estimator(cfg, model.cell)
+        except TypeError as err:
+            raise ConfigError(f"algorithm={_name(cfg)}: {err}") from None
+        self.update_every = int(cfg.update_every)
+        self.pending = 0  # steps accumulated since the last update, across batches
+
+    def reset(self) -> None:
+        self.state = None
+
+    def _step_loss(self, out: Tensor, batch: dict, t: int, length: int) -> Tensor | None:
+        task = self.model.task
+        if not task.sequence_output:
+            return task.loss(out, batch) if t == length - 1 else None
+        step = {"y": batch["y"][:, t : t + 1]}
+        mask = batch.get("mask")
+        if mask is not None:
+            step["mask"] = mask[:, t : t + 1]
+            if not bool(step["mask"].any()):
+                return None
+        return task.loss(out.unsqueeze(1), step)
+
+    def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
+        model, cell, estimator = self.model, self.model.cell, self.estimator
+        with torch.no_grad():
+            x = model.encoder(batch["x"]).transpose(0, 1)  # (T, B, m)
+        length, rows = x.shape[:2]
+        if self.state is None or not self.carry_state or self.state[0][0].shape[0] != rows:
+            self.state = (cell.init_state(rows, x), estimator.init(rows, x))
+        state, influence = self.state
+        reset = batch.get("reset")
+        head_params = [p for p in model.head.parameters() if p.requires_grad]
+        losses: list[Tensor] = []
+        sums: dict[str, float] = {}
+        steps = 0
+        for t in range(length):
+            steps += 1
+            if reset is not None and bool(reset[:, t].any()):
+                rows_reset = reset[:, t]
+                state = tuple(s.masked_fill(rows_reset[:, None], 0) for s in state)
+                influence = estimator.zero_rows(influence, rows_reset)
+            with torch.no_grad():
+                state, influence, diag = estimator.step(influence, x[t], state)
+            for key, value in diag.items():
+                sums[key] = sums.get(key, 0.0) + value
+            leaf = torch.cat(state, -1).requires_grad_()
+            out = model.head(cell.output(tuple(leaf.split(cell.hidden_size, -1))))
+            loss = self._step_loss(out, batch, t, length)
+            if loss is not None:
+                check_finite(loss)
+                torch.autograd.backward(loss / self.update_every, inputs=[leaf, *head_params])
+                with torch.no_grad():
+                    estimator.accumulate(influence, leaf.grad)
+                losses.append(loss.detach())
+            self.pending += 1
+            if self.pending == self.update_every:
+                self.pending = 0
+                self.apply_update(update)
+                if self.should_stop():
+                    break
+        self.state = (state, influence)
+        self.diagnostics = {k: v / steps for k, v in sums.items()}
+        self.step_losses = torch.stack(losses) if losses else None
+        return float(self.step_losses.mean()) if losses else float("nan")
+
+
+ALGORITHMS = {"bptt": BPTT, "tbptt": TBPTT, "rtrl": Online, "uoro": Online, "kf_rtrl": Online, "ok": Online}
 
 
 def build_algorithm(cfg: Any, model: SequenceModel, carry_state: bool) -> GradientAlgorithm:
-    name = str(getattr(cfg.name, "value", cfg.name))
-    return ALGORITHMS[name](cfg, model, carry_state)
+    return ALGORITHMS[_name(cfg)](cfg, model, carry_state)

@@ -31,6 +31,7 @@ log = logging.getLogger("rnnrepro")
 @dataclass
 class Progress:
     step: int = 0  # optimizer steps
+    time_steps: int = 0  # sequence steps trained on (online algorithms take one optimizer step per time step)
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
     best_val: float | None = None
@@ -53,6 +54,10 @@ class Trainer:
         self.task = model.task
         self.p = Progress()
         self._clock = time.perf_counter()
+        carry_eval = getattr(data, "eval_carry_state", None)
+        self.eval_carry_state = algorithm.carry_state if carry_eval is None else bool(carry_eval)
+        algorithm.should_stop = lambda: not self._budget_left()
+        algorithm.want_step_losses = type(data).observe is not SequenceDataModule.observe
         self.last_path = os.path.join(output_dir, "last.pt")
         self.best_path = os.path.join(output_dir, "best.pt")
 
@@ -80,7 +85,7 @@ class Trainer:
                 break
             batch = self._to_device(batch)
             out, new_state = self.model(batch["x"], state)
-            state = new_state if self.algorithm.carry_state else None
+            state = new_state if self.eval_carry_state else None
             self.task.update(meter, out, batch)
         self.model.train()
         return self.task.compute(meter)
@@ -95,7 +100,7 @@ class Trainer:
         return self.p.wall_time_s
 
     def _log_row(self, split: str, metrics: dict) -> dict:
-        row = {"step": self.p.step, "epoch": self.p.epoch, "split": split, **metrics,
+        row = {"step": self.p.step, "time_steps": self.p.time_steps, "epoch": self.p.epoch, "split": split, **metrics,
                "lr": self.optimizer.param_groups[0]["lr"], "wall_time_s": round(self._elapsed(), 3)}
         self.csv.log(row)
         self.mirror.log(row)
@@ -103,7 +108,8 @@ class Trainer:
 
     def _validate_and_checkpoint(self) -> None:
         if self.p.train_loss_count:
-            self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count})
+            self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count,
+                                    **self.algorithm.diagnostics, **self.data.train_extras()})
         metrics = self.evaluate("val")
         self._log_row("val", metrics)
         value = metrics[self.task.metric]
@@ -140,6 +146,7 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.p = Progress(**state["progress"])
         self.algorithm.state = state["algorithm_state"]
+        self.data.load_checkpoint_state(state["data"])
         set_rng_state(state["rng"])
         self.csv.truncate_after(self.p.step)
         self._clock = time.perf_counter()
@@ -159,18 +166,23 @@ class Trainer:
         self.model.train()
         try:
             while self._budget_left():
-                if self.p.batch_in_epoch == 0:
+                if self.p.batch_in_epoch == 0 and not self.data.continuous_stream:
                     self.algorithm.reset()
                 bar = tqdm(total=n_batches, initial=self.p.batch_in_epoch, desc=f"epoch {self.p.epoch}",
                            leave=False, disable=None if self.tcfg.progress_bar else True, dynamic_ncols=True)
                 for batch in self.data.train_batches(self.p.epoch, self.p.batch_in_epoch):
+                    step_before = self.p.step
                     loss = self.algorithm.train_batch(self._to_device(batch), self._update)
+                    if self.algorithm.step_losses is not None:
+                        self.data.observe(self.algorithm.step_losses.cpu())
+                    self.p.time_steps += int(batch["x"].shape[1]) if batch["x"].dim() > 1 else 1
                     self.p.train_loss_sum += loss
                     self.p.train_loss_count += 1
                     self.p.batch_in_epoch += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    if eval_every is not None and self.p.step % int(eval_every) == 0:
+                    # online algorithms take many optimizer steps per batch: evaluate when a multiple is crossed
+                    if eval_every is not None and self.p.step // int(eval_every) > step_before // int(eval_every):
                         self._validate_and_checkpoint()
                     if not self._budget_left():
                         break

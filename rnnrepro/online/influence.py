@@ -1,0 +1,261 @@
+"""Influence-matrix estimators for online training (online_rtrl spec sections 2.1-2.6).
+
+Each estimator carries, per batch row, an estimate of G_t = dh_t/dW for a Kronecker cell (W of shape (a, K); see
+``rnnrepro.cells.base.KroneckerCell``), or of dstate_t/dtheta for any cell (``AutogradRTRL``). The interface:
+
+- ``init(batch, like)``: the influence at t = 0 (zero, or the estimator's starting factors);
+- ``step(influence, x, state)``: advances state and influence by one time step under the current weights, returns
+  (new state tuple, new influence, diagnostics dict);
+- ``accumulate(influence, q)``: adds q_t G_t (q_t = dL_t/dh_t, already scaled by the loss's batch mean) into the
+  cell parameters' ``.grad``;
+- ``zero_rows(influence, rows)``: sets the influence of the given batch rows to zero (sequence starts, resets).
+
+All tensors are batched (einsum / bmm; one small SVD per row for OK) and live on the run's device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnrepro.cells.base import KroneckerCell, RecurrentCell, State
+from rnnrepro.online.opt import opt_coefficients, rademacher
+
+Influence = tuple[Tensor, ...]
+
+
+def _zero_rows(tensors: Influence, rows: Tensor) -> Influence:
+    return tuple(t.masked_fill(rows.view(-1, *([1] * (t.dim() - 1))), 0) for t in tensors)
+
+
+class KroneckerEstimator:
+    """Base for estimators built on a cell's Kronecker form (h_hat_t, D_t, H_t)."""
+
+    def __init__(self, cell: RecurrentCell) -> None:
+        if not isinstance(cell, KroneckerCell):
+            raise TypeError(f"{type(cell).__name__} has no Kronecker form (h_hat, D, H); UORO, KF-RTRL and OK need "
+                            "one: use model=rhn or model=rnn (or algorithm=rtrl, which works for any cell)")
+        self.cell = cell
+        self.n, self.K = cell.hidden_size, cell.kron_width()
+        self.a = cell.input_size + cell.hidden_size + 1
+
+    def zero_rows(self, influence: Influence, rows: Tensor) -> Influence:
+        return _zero_rows(influence, rows)
+
+    def step(self, influence: Influence, x: Tensor, state: State) -> tuple[State, Influence, dict]:
+        ks = self.cell.kron_step(x, state[0])
+        return (ks.h,), self.propagate(influence, ks.h_hat, ks.D, ks.H), self.diagnostics
+
+    def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
+        raise NotImplementedError
+
+    diagnostics: dict = {}
+
+
+class ExactKronecker(KroneckerEstimator):
+    """Exact RTRL with G_t stored as (B, n, a, K): G_t = H_t G_{t-1} + h_hat_t (x) D_t. O(n^2 a K) per step."""
+
+    def init(self, batch: int, like: Tensor) -> Influence:
+        return (like.new_zeros(batch, self.n, self.a, self.K),)
+
+    def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
+        G = torch.matmul(H, influence[0].flatten(2)).view_as(influence[0])
+        return (G.add_(h_hat[:, None, :, None] * D[:, :, None, :]),)
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        self.cell.kron_add_grad(torch.einsum("bi,biak->ak", q, influence[0]))
+
+
+class UORO(KroneckerEstimator):
+    """Rank one, G ~ s theta^T with s (B, n), theta (B, a, K) (spec U1-U6). nu^T F_t = h_hat_t (x) (nu^T D_t).
+
+    rho0 = sqrt((|theta| + eps) / (|H s| + eps)), rho1 = sqrt((|nu^T F| + eps) / (|nu| + eps)): eps sits inside
+    both ratios so zero-initialised factors are well defined. Unbiased for any rho0 > 0 fixed given the past and any
+    rho1 even in nu, which these are."""
+
+    def __init__(self, cell: RecurrentCell, eps: float = 1e-7) -> None:
+        super().__init__(cell)
+        self.eps = eps
+
+    def init(self, batch: int, like: Tensor) -> Influence:
+        return like.new_zeros(batch, self.n), like.new_zeros(batch, self.a, self.K)
+
+    def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
+        s, theta = influence
+        hs = torch.bmm(H, s.unsqueeze(2)).squeeze(2)
+        nu = rademacher(s.shape, s)
+        nu_f = h_hat[:, :, None] * torch.bmm(nu.unsqueeze(1), D)  # (B, a, K)
+        eps = self.eps
+        rho0 = ((theta.flatten(1).norm(dim=1) + eps) / (hs.norm(dim=1) + eps)).sqrt()
+        rho1 = ((nu_f.flatten(1).norm(dim=1) + eps) / (nu.norm(dim=1) + eps)).sqrt()
+        s_new = rho0[:, None] * hs + rho1[:, None] * nu
+        theta_new = theta / rho0[:, None, None] + nu_f / rho1[:, None, None]
+        return s_new, theta_new
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        s, theta = influence
+        self.cell.kron_add_grad(torch.einsum("b,bak->ak", (q * s).sum(1), theta))
+
+
+def _ratio_sqrt(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """sqrt(num / den), 1 where either is zero (the term it balances is then zero, so any scale is unbiased)."""
+    ok = (numerator > 0) & (denominator > 0)
+    safe = torch.where(ok, numerator / torch.where(ok, denominator, torch.ones_like(denominator)),
+                       torch.ones_like(numerator))
+    return safe.sqrt()
+
+
+class KFRTRL(KroneckerEstimator):
+    """One Kronecker product u (x) A, u (B, a), A (B, n, K) (spec K1-K4): two random signs mix
+    u (x) H A + h_hat (x) D into one product; p1, p2 balance the norms of the cross terms."""
+
+    def init(self, batch: int, like: Tensor) -> Influence:
+        return like.new_zeros(batch, self.a), like.new_zeros(batch, self.n, self.K)
+
+    def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
+        u, A = influence
+        HA = torch.bmm(H, A)
+        p1 = _ratio_sqrt(HA.flatten(1).norm(dim=1), u.norm(dim=1))
+        p2 = _ratio_sqrt(D.flatten(1).norm(dim=1), h_hat.norm(dim=1))
+        c1, c2 = rademacher((u.shape[0],), u), rademacher((u.shape[0],), u)
+        u_new = (c1 * p1)[:, None] * u + (c2 * p2)[:, None] * h_hat
+        A_new = (c1 / p1)[:, None, None] * HA + (c2 / p2)[:, None, None] * D
+        return u_new, A_new
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        u, A = influence
+        self.cell.kron_add_grad(torch.einsum("ba,bk->ak", u, torch.bmm(q.unsqueeze(1), A).squeeze(1)))
+
+
+class OK(KroneckerEstimator):
+    """Optimal Kronecker-sum approximation with r terms: U (B, r, a), A (B, r, n, K) (spec O1-O8).
+
+    One step: propagate A_i <- H A_i and append (h_hat, D); QR of both families; SVD of the (r+1)x(r+1) core;
+    Opt(sigma) reduces r+1 -> r without bias (``split``: symmetric = minimum variance, official = the OK code);
+    optionally rebalance each pair. When the r+1 terms have rank <= r the step is exact."""
+
+    def __init__(self, cell: RecurrentCell, rank: int = 16, split: str = "symmetric", rebalance: bool = True) -> None:
+        super().__init__(cell)
+        self.rank, self.split, self.rebalance = rank, split, rebalance
+        self.diagnostics = {}
+
+    def init(self, batch: int, like: Tensor) -> Influence:
+        return like.new_zeros(batch, self.rank, self.a), like.new_zeros(batch, self.rank, self.n, self.K)
+
+    def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
+        U, A = influence
+        batch, r = U.shape[:2]
+        A = torch.matmul(H.unsqueeze(1), A)
+        us = torch.cat([U, h_hat.unsqueeze(1)], 1)  # (B, r+1, a)
+        As = torch.cat([A, D.unsqueeze(1)], 1).flatten(2)  # (B, r+1, nK)
+        basis_u, coef_u = torch.linalg.qr(us.transpose(1, 2))  # (B, a, k1), (B, k1, r+1)
+        basis_a, coef_a = torch.linalg.qr(As.transpose(1, 2))  # (B, nK, k2), (B, k2, r+1)
+        core = coef_u @ coef_a.transpose(1, 2)  # sum_i u_i (x) A_i = sum_jl core_jl q_j (x) Q_l
+        left, sigma, right_h = torch.linalg.svd(core, full_matrices=False)
+        # Ascending order, as Opt expects. The singular directions are basis @ left / basis @ right; only the small
+        # (r+1)-sized factors are reordered and combined, the big bases are multiplied once at the end.
+        sigma, left, right = sigma.flip(-1), left.flip(-1), right_h.transpose(1, 2).flip(-1)
+        p = sigma.shape[-1]
+        if p <= r:  # rank <= r: exact, no mixing; pad with zero terms
+            mix_u = torch.cat([left, left.new_zeros(batch, left.shape[1], r - p)], 2)
+            mix_a = torch.cat([right * sigma[:, None, :], right.new_zeros(batch, right.shape[1], r - p)], 2)
+            self.diagnostics = {}
+        else:
+            signs = rademacher(sigma.shape, sigma)
+            coeff_u, coeff_a, stats = opt_coefficients(sigma, signs, self.split)
+            mix_u, mix_a = left @ coeff_u, right @ coeff_a
+            self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).float().mean().item(),
+                                "ok_variance_formula": stats["variance"].mean().item(),
+                                "ok_mixed_share": stats["mixed_share"].mean().item()}
+        u_new = (basis_u @ mix_u).transpose(1, 2)  # (B, r, a)
+        a_new = (basis_a @ mix_a).transpose(1, 2)  # (B, r, nK)
+        if self.rebalance:
+            gamma = _ratio_sqrt(a_new.norm(dim=2), u_new.norm(dim=2))  # (B, r)
+            u_new = u_new * gamma[:, :, None]
+            a_new = a_new / gamma[:, :, None]
+        return u_new, a_new.view(batch, r, self.n, self.K)
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        U, A = influence
+        qa = torch.einsum("bi,brik->brk", q, A)
+        self.cell.kron_add_grad(torch.einsum("bra,brk->ak", U, qa))
+
+
+# ------------------------------------------------------------------------------------------- any cell: autograd
+class _OneStep(nn.Module):
+    """state_t = f(state_{t-1}, x_t; theta) through the cell's step path, for torch.func."""
+
+    def __init__(self, cell: RecurrentCell) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: Tensor, flat_state: Tensor) -> Tensor:
+        n = self.cell.hidden_size
+        state = tuple(flat_state.split(n, -1))
+        gx = self.cell.project_inputs(x.unsqueeze(0)).squeeze(0)
+        return torch.cat(self.cell.step(gx, state, self.cell.prepare()), -1)
+
+
+class AutogradRTRL:
+    """Exact RTRL for any cell: per-sample Jacobians H_t = dstate_t/dstate_{t-1} and F_t = dstate_t/dtheta by
+    torch.func (vmap over the batch), G (B, S, P) with S the flattened state (2n for an LSTM) and P the cell's
+    parameter count. O(S^2 P) time per step: small n only."""
+
+    def __init__(self, cell: RecurrentCell) -> None:
+        from torch.func import functional_call, jacrev, vmap
+
+        self.cell = cell
+        self.module = _OneStep(cell)
+        self.names = [name for name, _ in self.module.named_parameters()]
+        self.params = [p for _, p in self.module.named_parameters()]
+        self.S = len(cell.state_names) * cell.hidden_size
+
+        def single(params: dict, x: Tensor, s: Tensor) -> Tensor:
+            return functional_call(self.module, params, (x.unsqueeze(0), s.unsqueeze(0))).squeeze(0)
+
+        self._jacobians = vmap(jacrev(single, argnums=(0, 2)), in_dims=(None, 0, 0))
+
+    def init(self, batch: int, like: Tensor) -> Influence:
+        return (like.new_zeros(batch, self.S, sum(p.numel() for p in self.params)),)
+
+    def zero_rows(self, influence: Influence, rows: Tensor) -> Influence:
+        return _zero_rows(influence, rows)
+
+    def step(self, influence: Influence, x: Tensor, state: State) -> tuple[State, Influence, dict]:
+        flat = torch.cat(state, -1)
+        params = {name: p.detach() for name, p in zip(self.names, self.params)}
+        jac_params, jac_state = self._jacobians(params, x, flat)
+        F = torch.cat([jac_params[name].flatten(2) for name in self.names], 2)  # (B, S, P)
+        G = torch.bmm(jac_state, influence[0]) + F
+        new_flat = self.module(x, flat)
+        return tuple(new_flat.split(self.cell.hidden_size, -1)), (G,), {}
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        from rnnrepro.cells.base import add_grad
+
+        grad = torch.einsum("bs,bsp->p", q, influence[0])
+        for p, g in zip(self.params, grad.split([p.numel() for p in self.params])):
+            add_grad(p, g.view_as(p))
+
+    @property
+    def diagnostics(self) -> dict:
+        return {}
+
+
+def build_estimator(cfg: Any, cell: RecurrentCell) -> Any:
+    name = str(getattr(cfg.name, "value", cfg.name))
+    if name == "rtrl":
+        mode = str(getattr(cfg.rtrl_jacobians, "value", cfg.rtrl_jacobians))
+        if mode == "autograd" or (mode == "auto" and not isinstance(cell, KroneckerCell)):
+            return AutogradRTRL(cell)
+        return ExactKronecker(cell)
+    if name == "uoro":
+        return UORO(cell, eps=float(cfg.uoro.eps))
+    if name == "kf_rtrl":
+        return KFRTRL(cell)
+    if name == "ok":
+        return OK(cell, rank=int(cfg.ok.rank), split=str(getattr(cfg.ok.split, "value", cfg.ok.split)),
+                  rebalance=bool(cfg.ok.rebalance))
+    raise ValueError(f"no influence estimator for algorithm {name!r}")
