@@ -27,7 +27,7 @@ from torch.func import functional_call
 from rnnrepro.api import run
 from rnnrepro.cells.classic import LSTM, TanhRNN
 from rnnrepro.cells.rhn import RHN
-from rnnrepro.config import AlgorithmConfig, AlgorithmName, ConfigError, validate
+from rnnrepro.config import AlgorithmConfig, AlgorithmName, ConfigError, TBPTTConfig, validate
 from rnnrepro.models import SequenceModel
 from rnnrepro.online.influence import KFRTRL, OK, UORO, AutogradRTRL, ExactKronecker
 from rnnrepro.online.opt import mixed_count, opt_coefficients
@@ -790,3 +790,55 @@ def test_cli_path_ok_run_logs_ok_diagnostics(compose_cfg, tmp_path):
         assert column in metrics.columns and math.isfinite(row[column]), column
     assert 0 < row["ok_mixed_share"] <= 1 and row["ok_mixed_minus_one"] >= 1 and row["ok_variance_formula"] >= 0
     assert math.isfinite(row["loss"])
+
+
+# ------------------------------------------------------------------------------------------------------ TBPTT
+def test_tbptt_with_a_window_covering_the_batch_equals_bptt():
+    """k >= T: one window, one update, the same gradient as BPTT's single update."""
+    batch = online_batch(seed=70, steps=6)
+    applied = {}
+    configs = (("bptt", algorithm_cfg("bptt")), ("tbptt", algorithm_cfg("tbptt", tbptt=TBPTTConfig(truncation=6))))
+    for name, cfg in configs:
+        model, log = online_model(seed=71), []
+        update, count = sgd_update(model, lr=0.1, log=log)
+        build_algorithm(cfg, model, carry_state=False).train_batch(batch, update)
+        assert count[0] == 1
+        applied[name] = log[0]
+    assert max_rel_error(applied["tbptt"], applied["bptt"]) < 1e-12
+
+
+def test_tbptt_windows_detach_the_state_and_update_once_per_window():
+    """k = 2 over T = 5: updates after steps 2, 4, 5; each window's gradient is BPTT's gradient of that window's
+    mean loss from the (detached) state the previous windows left, under the weights of that moment."""
+    batch = online_batch(seed=72, steps=5)
+    model, log = online_model(seed=73), []
+    reference = copy.deepcopy(model)
+    update, count = sgd_update(model, lr=0.1, log=log)
+    algorithm = build_algorithm(algorithm_cfg("tbptt", tbptt=TBPTTConfig(truncation=2)), model, carry_state=False)
+    algorithm.train_batch(batch, update)
+    assert count[0] == 3
+
+    ref_update, _ = sgd_update(reference, lr=0.1)
+    state = None
+    for i, window in enumerate((slice(0, 2), slice(2, 4), slice(4, 5))):
+        out, new_state = reference(batch["x"][:, window], state)
+        loss = reference.task.loss(out, {"y": batch["y"][:, window]})
+        grads = dict(zip([k for k, _ in reference.named_parameters()],
+                         torch.autograd.grad(loss, list(reference.parameters()))))
+        assert max_rel_error(log[i], grads) < 1e-12, f"window {i}"
+        for k, p in reference.named_parameters():
+            p.grad = grads[k]
+        ref_update()
+        state = tuple(s.detach() for s in new_state)
+
+
+def test_bptt_and_tbptt_honour_reset_rows_mid_batch():
+    """A reset at step t of row b equals running that row's suffix from a zero state."""
+    batch = online_batch(seed=74, steps=6)
+    reset = torch.zeros(B, 6, dtype=torch.bool)
+    reset[1, 3] = True
+    model = online_model(seed=75)
+    out, _ = model(batch["x"], None, reset=reset)
+    suffix, _ = model(batch["x"][1:2, 3:], None)
+    assert torch.allclose(out[1, 3:], suffix[0], atol=1e-12)
+    assert not torch.allclose(out[1, 3:], model(batch["x"], None)[0][1, 3:], atol=1e-6)
