@@ -30,8 +30,9 @@ test-full: setup ## every test, the slow ones included
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 
-bench: setup ## time every cell beside nn.LSTM; writes results/bench/<device>.csv
+bench: setup ## time every cell beside nn.LSTM, then the online algorithms (TBPTT/UORO/KF-RTRL/OK/RTRL) against n; writes results/bench/
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_online.py
 
 reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|full] [PAPER=...]
 	$(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER)

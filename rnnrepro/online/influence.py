@@ -166,9 +166,10 @@ class OK(KroneckerEstimator):
             signs = rademacher(sigma.shape, sigma)
             coeff_u, coeff_a, stats = opt_coefficients(sigma, signs, self.split)
             mix_u, mix_a = left @ coeff_u, right @ coeff_a
-            self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).float().mean().item(),
-                                "ok_variance_formula": stats["variance"].mean().item(),
-                                "ok_mixed_share": stats["mixed_share"].mean().item()}
+            # 0-dim tensors: converted once per batch by the algorithm, not synchronised every step on a GPU
+            self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).to(sigma.dtype).mean(),
+                                "ok_variance_formula": stats["variance"].mean(),
+                                "ok_mixed_share": stats["mixed_share"].mean()}
         u_new = (basis_u @ mix_u).transpose(1, 2)  # (B, r, a)
         a_new = (basis_a @ mix_a).transpose(1, 2)  # (B, r, nK)
         if self.rebalance:

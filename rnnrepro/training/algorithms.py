@@ -173,7 +173,7 @@ class Online(GradientAlgorithm):
         reset = batch.get("reset")
         head_params = [p for p in model.head.parameters() if p.requires_grad]
         losses: list[Tensor] = []
-        sums: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
         steps = 0
         for t in range(length):
             steps += 1
@@ -184,12 +184,11 @@ class Online(GradientAlgorithm):
             with torch.no_grad():
                 state, influence, diag = estimator.step(influence, x[t], state)
             for key, value in diag.items():
-                sums[key] = sums.get(key, 0.0) + value
+                sums[key] = sums[key] + value if key in sums else value
             leaf = torch.cat(state, -1).requires_grad_()
             out = model.head(cell.output(tuple(leaf.split(cell.hidden_size, -1))))
             loss = self._step_loss(out, batch, t, length)
             if loss is not None:
-                check_finite(loss)
                 torch.autograd.backward(loss / self.update_every, inputs=[leaf, *head_params])
                 with torch.no_grad():
                     estimator.accumulate(influence, leaf.grad)
@@ -201,9 +200,10 @@ class Online(GradientAlgorithm):
                 if self.should_stop():
                     break
         self.state = (state, influence)
-        self.diagnostics = {k: v / steps for k, v in sums.items()}
+        self.diagnostics = {k: float(v) / steps for k, v in sums.items()}
         self.step_losses = torch.stack(losses) if losses else None
-        return float(self.step_losses.mean()) if losses else float("nan")
+        # one host synchronisation per batch; a non-finite step loss ends the run as diverged
+        return check_finite(self.step_losses.mean()) if losses else float("nan")
 
 
 ALGORITHMS = {"bptt": BPTT, "tbptt": TBPTT, "rtrl": Online, "uoro": Online, "kf_rtrl": Online, "ok": Online}
