@@ -40,6 +40,7 @@ class Progress:
     last_eval_step: int = -1
     train_loss_sum: float = 0.0
     train_loss_count: int = 0
+    diagnostic_sums: dict = field(default_factory=dict)  # algorithm diagnostics (e.g. OK's), averaged per train row
     history: list = field(default_factory=list)
 
 
@@ -108,8 +109,9 @@ class Trainer:
 
     def _validate_and_checkpoint(self) -> None:
         if self.p.train_loss_count:
-            self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count,
-                                    **self.algorithm.diagnostics, **self.data.train_extras()})
+            diagnostics = {k: v / self.p.train_loss_count for k, v in self.p.diagnostic_sums.items()}
+            self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count, **diagnostics,
+                                    **self.data.train_extras()})
         metrics = self.evaluate("val")
         self._log_row("val", metrics)
         value = metrics[self.task.metric]
@@ -121,6 +123,7 @@ class Trainer:
                  self.p.train_loss_sum / max(self.p.train_loss_count, 1), self.task.metric, value,
                  " (best)" if improved else "")
         self.p.train_loss_sum, self.p.train_loss_count = 0.0, 0
+        self.p.diagnostic_sums = {}
         self.p.last_eval_step = self.p.step
         if self.tcfg.checkpoint:
             self.save_last()
@@ -177,6 +180,8 @@ class Trainer:
                         self.data.observe(self.algorithm.step_losses.cpu())
                     self.p.time_steps += int(batch["x"].shape[1]) if batch["x"].dim() > 1 else 1
                     self.p.train_loss_sum += loss
+                    for key, value in self.algorithm.diagnostics.items():
+                        self.p.diagnostic_sums[key] = self.p.diagnostic_sums.get(key, 0.0) + value
                     self.p.train_loss_count += 1
                     self.p.batch_in_epoch += 1
                     bar.update(1)
