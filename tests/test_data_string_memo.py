@@ -273,3 +273,14 @@ def test_short_run_through_the_cli_path(compose_cfg, tmp_path):
     assert summary["status"] == "completed" and summary["dataset"] == "string_memo" and summary["metric"] == "bpc"
     for name in ("config.yaml", "metrics.csv", "summary.json", "last.pt"):
         assert (out / name).exists(), name
+
+
+def test_a_batch_without_targets_has_zero_loss_not_nan():
+    """loss_positions=recall: before any stream reaches its output phase the mask is all False."""
+    from rnnrepro.tasks import TaskType, build_task
+
+    task = build_task(TaskType.classify_each, metric="bpc")
+    out = torch.randn(3, 1, 4, requires_grad=True)
+    loss = task.loss(out, {"y": torch.zeros(3, 1, dtype=torch.long), "mask": torch.zeros(3, 1, dtype=torch.bool)})
+    loss.backward()
+    assert float(loss) == 0.0 and torch.equal(out.grad, torch.zeros_like(out))

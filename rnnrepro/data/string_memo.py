@@ -9,9 +9,8 @@ steps (k from 0)::
 
 ``data.echo_marker=false`` (harness option) puts a blank instead of the marker at k = T_seq + 1 (the bits keep their
 lag). The loss is taken at every step (``data.loss_positions=all``, OK code); ``recall`` emits ``mask`` = the output
-phase k >= T_seq + 1 (k >= T_seq + 2 without the marker echo). Caution: with ``recall`` a batch in which no stream is
-in its output phase (e.g. the very first step when chunk_len = 1) has an all-False mask, which the trainer must treat
-as "no loss".
+phase k >= T_seq + 1 (k >= T_seq + 2 without the marker echo). With ``recall`` a batch in which no stream is in its
+output phase (e.g. the very first step when chunk_len = 1) has an all-False mask: its loss is zero (no target).
 
 Training stream: ``data.batch_size`` = B independent streams; each starts a fresh sequence as soon as its current one
 ends, and every batch carries ``reset`` (B, L): True exactly at the first step (k = 0) of each new sequence, where the
