@@ -391,10 +391,22 @@ class ATISDataConfig(DataConfig):
         _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
 
 
+class ClassifyLoss(str, Enum):
+    ce = "ce"
+    softmax_mse = "softmax_mse"  # SBO-RNN code comment for HAR-2: softmax, then MSE against the one-hot target
+
+
 @dataclass
 class HAR2DataConfig(SplitDataConfig):
     _target_: str = "rnnrepro.data.har.HAR2"
     name: str = "har2"
+    loss: ClassifyLoss = ClassifyLoss.softmax_mse
+    head_outputs: int | None = None  # None: 2 classes; 10: the SBO-RNN code's hard-wired 10-way head
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.head_outputs is None or self.head_outputs >= 2, "data.head_outputs",
+                 f"must be >= 2 (the two HAR-2 classes) or null, got {self.head_outputs}")
 
 
 class CIFARNormalize(str, Enum):

@@ -41,3 +41,24 @@ def test_har2_run_learns_the_fixture(compose_cfg, tmp_path):
                               "trainer.max_steps=null", "trainer.limit_eval_batches=null", tiny=False,
                               output_dir=tmp_path / "run"))
     assert summary["status"] == "completed" and summary["test_at_best_val"] > 0.8
+
+
+def test_softmax_mse_loss_and_the_bug_compatible_ten_way_head(compose_cfg, tmp_path):
+    """SBO-RNN's HAR-2 code: softmax(logits) against a one-hot target by MSE, the head hard-wired to 10 outputs."""
+    import torch.nn.functional as F
+
+    from rnnrepro.tasks import TaskType, build_task
+
+    task = build_task(TaskType.classify_last, loss="softmax_mse")
+    logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    p = logits.softmax(-1)
+    expected = ((p[0, 0] - 1) ** 2 + p[0, 1] ** 2 + (p[1, 0] - 1) ** 2 + p[1, 1] ** 2) / 2
+    assert float(task.loss(logits, {"y": y})) == pytest.approx(float(expected))
+    assert float(build_task(TaskType.classify_last).loss(logits, {"y": y})) == pytest.approx(
+        float(F.cross_entropy(logits, y)))
+
+    root = write_tiny_har(tmp_path / "har")
+    summary = run(compose_cfg("dataset=har2", f"data.root={root}", "model=rnn", "data.head_outputs=10",
+                              "data.loss=softmax_mse"))
+    assert summary["status"] == "completed"
+    assert summary["data"]["head_outputs"] == 10 and summary["data"]["loss"] == "softmax_mse"

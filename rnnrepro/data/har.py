@@ -11,6 +11,7 @@ standardised with the mean and std of the training split (after the validation s
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -62,6 +63,9 @@ class HAR2(InMemorySequenceData):
     spec = DataSpec(input_size=9, output_size=2, task=TaskType.classify_last, seq_len=128, metric="acc")
 
     def setup(self) -> None:
+        loss = str(getattr(self.cfg.loss, "value", self.cfg.loss))
+        # head_outputs=10 reproduces the SBO-RNN code's head, hard-wired to 10 classes for this 2-class task
+        self.spec = replace(HAR2.spec, output_size=int(self.cfg.head_outputs or 2), loss=loss)
         ensure_har(self.root, bool(self.cfg.download))
         (x_train, a_train), (x_test, a_test) = read_split(self.root, "train"), read_split(self.root, "test")
         train_idx, val_idx = split_train_val(len(a_train), float(self.cfg.val_fraction), int(self.cfg.split_seed))
@@ -80,4 +84,5 @@ class HAR2(InMemorySequenceData):
     def describe(self) -> dict:
         return {"name": self.cfg.name, "sizes": {k: len(v) for k, v in self.splits.items()},
                 "positive_activities": list(HAR2_POSITIVE), "channels": SIGNALS,
-                "split_seed": int(self.cfg.split_seed), "permutation_sha1": None}
+                "split_seed": int(self.cfg.split_seed), "permutation_sha1": None, "loss": self.spec.loss,
+                "head_outputs": self.spec.output_size}

@@ -63,10 +63,21 @@ class Task:
 
 
 class ClassifyLast(Task):
+    """Sequence classification from the last state. ``loss="softmax_mse"`` is the SBO-RNN code's HAR-2 loss: the
+    squared error between softmax(logits) and the one-hot target, summed over classes, averaged over the batch."""
+
     type = TaskType.classify_last
     metric, mode = "acc", "max"
 
+    def __init__(self, loss: str = "ce") -> None:
+        if loss not in ("ce", "softmax_mse"):
+            raise ValueError(f"classify_last loss must be ce or softmax_mse, got {loss!r}")
+        self.loss_name = loss
+
     def loss(self, out: Tensor, batch: dict) -> Tensor:
+        if self.loss_name == "softmax_mse":
+            target = F.one_hot(batch["y"], out.shape[-1]).to(out.dtype)
+            return (out.softmax(-1) - target).pow(2).sum(-1).mean()
         return F.cross_entropy(out, batch["y"])
 
     def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
