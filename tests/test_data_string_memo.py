@@ -283,4 +283,4 @@ def test_a_batch_without_targets_has_zero_loss_not_nan():
     out = torch.randn(3, 1, 4, requires_grad=True)
     loss = task.loss(out, {"y": torch.zeros(3, 1, dtype=torch.long), "mask": torch.zeros(3, 1, dtype=torch.bool)})
     loss.backward()
-    assert float(loss) == 0.0 and torch.equal(out.grad, torch.zeros_like(out))
+    assert float(loss.detach()) == 0.0 and torch.equal(out.grad, torch.zeros_like(out))
