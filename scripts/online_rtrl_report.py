@@ -4,6 +4,7 @@ executed, beside the official OK logs.
 
     python scripts/online_rtrl_report.py run --scale cpu      # reduced sizes that fit a CPU session
     python scripts/online_rtrl_report.py run --scale paper    # the presets as they are (GPU)
+    python scripts/online_rtrl_report.py run --tasks ptb --seeds 0 1 -- data.root=DIR   # Hydra overrides after --
     python scripts/online_rtrl_report.py report --scale cpu   # results/online_rtrl/{copy,char_ptb}.<scale>.{md,csv,png}
 
 ``run`` launches ``run.py experiment=online_rtrl/<task>_<algorithm>`` once per algorithm and seed into
@@ -95,9 +96,12 @@ def _provenance(runs: list[tuple[str, dict, pd.DataFrame]]) -> list[str]:
 
     shas = sorted({str(s.get("git_sha"))[:10] + ("+dirty" if s.get("git_dirty") else "") for _, s, _ in runs})
     return [f"- git SHA(s): {', '.join(shas)}", f"- device(s): {values('device_name')}",
-            f"- torch: {values('torch_version')}", f"- finished: {values('finished_at')}",
+            f"- torch: {values('torch_version')}",
+            f"- finished: {min(str(s.get('finished_at')) for _, s, _ in runs)} to "
+            f"{max(str(s.get('finished_at')) for _, s, _ in runs)}",
             "- configs: each run's resolved `config.yaml` and `summary.json` in "
-            "`runs/online_rtrl/<scale>/<task>_<algorithm>/seed<k>/`"]
+            "`runs/online_rtrl/<scale>/<task>_<algorithm>/seed<k>/` (not committed); the curves behind the figure "
+            "are the `.csv` beside this file"]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -147,6 +151,8 @@ def report_copy(scale: str, out_dir: str) -> str | None:
             row[f"T at {c:,}"] = _mean_std(at)
         row["T at end"] = _mean_std([g.curriculum_T.iloc[-1] for _, g in mine.groupby("seed")])
         row["time steps"] = int(mine.time_steps.max())
+        row["optimizer steps"] = int(_summary.get("steps") or 0)
+        row["wall s / 1000 steps"] = round(1000 * float(_summary["wall_time_s"]) / max(row["time steps"], 1), 1)
         rows.append(row)
     table = pd.DataFrame(rows)
     official = ", ".join(f"{k:,}: {np.mean(v):.1f}" for k, v in OFFICIAL_COPY_T.items())
@@ -161,7 +167,8 @@ def report_copy(scale: str, out_dir: str) -> str | None:
         lines.insert(2, f"**Scale {scale}: reduced sizes and budgets, not the paper setting; compare algorithms with "
                         "each other, not with the reference column.**\n")
     _figure(curves, "curriculum_T", "curriculum T", os.path.join(out_dir, f"copy.{scale}.png"),
-            reference={k: np.mean(v) for k, v in OFFICIAL_COPY_T.items()})
+            reference={k: np.mean(v) for k, v in OFFICIAL_COPY_T.items()},
+            reference_label="official OK logs, n=128, r=16 (mean of 5)")
     path = os.path.join(out_dir, f"copy.{scale}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + f"\n![T against time steps](copy.{scale}.png)\n")
@@ -188,7 +195,9 @@ def report_ptb(scale: str, out_dir: str) -> str | None:
                      "last val bpc": _mean_std([s.get("val_last") for s, _ in mine]),
                      "test bpc at best val": _mean_std([s.get("test_at_best_val") for s, _ in mine]),
                      "time steps": int(max(s.get("time_steps") or 0 for s, _ in mine)),
-                     "limit_eval_batches": mine[0][0].get("limit_eval_batches")})
+                     "optimizer steps": int(max(s.get("steps") or 0 for s, _ in mine)),
+                     "validation": "full file" if mine[0][0].get("limit_eval_batches") is None
+                     else f"first {mine[0][0]['limit_eval_batches']} windows"})
     lines = [f"# OK paper, CHAR-PTB: validation bits per character ({scale})", "",
              "Measured: validation bpc over the whole validation file (2 streams, state never reset), best and last "
              "over training, and test bpc at the best-validation checkpoint; mean ± sample std over seeds.", "",
@@ -200,14 +209,15 @@ def report_ptb(scale: str, out_dir: str) -> str | None:
         lines.insert(2, f"**Scale {scale}: reduced sizes and budgets, not the paper setting; compare algorithms with "
                         "each other, not with the reference value.**\n")
     _figure(curves, "bpc", "validation bpc", os.path.join(out_dir, f"char_ptb.{scale}.png"),
-            reference={1_000_000: float(np.mean(OFFICIAL_PTB_BEST_BPC))})
+            reference={1_000_000: float(np.mean(OFFICIAL_PTB_BEST_BPC))},
+            reference_label="official OK logs, n=256, r=8: best (mean of 5)")
     path = os.path.join(out_dir, f"char_ptb.{scale}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + f"\n![validation bpc against time steps](char_ptb.{scale}.png)\n")
     return path
 
 
-def _figure(curves: pd.DataFrame, column: str, ylabel: str, path: str, reference: dict) -> None:
+def _figure(curves: pd.DataFrame, column: str, ylabel: str, path: str, reference: dict, reference_label: str) -> None:
     try:
         import matplotlib
 
@@ -223,7 +233,7 @@ def _figure(curves: pd.DataFrame, column: str, ylabel: str, path: str, reference
             ax.plot(g.time_steps, g[column], color=f"C{ALGORITHMS.index(algorithm)}", alpha=0.9,
                     label=LABELS[algorithm] if i == 0 else None)
     xs = sorted(reference)
-    ax.plot(xs, [reference[x] for x in xs], "k*", label="official OK logs (mean of 5)")
+    ax.plot(xs, [reference[x] for x in xs], "k*", label=reference_label)
     ax.set_xscale("log")
     ax.set_xlabel("time steps")
     ax.set_ylabel(ylabel)
@@ -242,8 +252,10 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", default=os.path.join(REPO, "results", "online_rtrl"))
-    parser.add_argument("extra", nargs="*", help="extra Hydra overrides for every run (e.g. data.root=...)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.extra = argv[split + 1 :]  # Hydra overrides for every run (e.g. -- data.root=DIR)
     if args.command == "run":
         launch(args)
     else:
