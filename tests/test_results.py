@@ -102,3 +102,19 @@ def test_reproduce_tables_runs_reuses_and_renders(tmp_path, mnist_root, monkeypa
     stamp = [p.stat().st_mtime_ns for p in summaries]
     assert rt.main(argv) == 0  # reuse: nothing reruns
     assert [p.stat().st_mtime_ns for p in summaries] == stamp
+
+
+def test_cells_can_measure_validation_or_a_training_extra():
+    """results/expected `measured`: val (the OK PTB logs report validation bpc) or train_extras.<key> (curriculum T);
+    the table says what was measured."""
+    runs = [{**_summary(0.5, 0.6, seed=0), "best_val": 1.8, "val_last": 1.9, "train_extras": {"curriculum_T": 9.0}},
+            {**_summary(0.5, 0.6, seed=1), "best_val": 1.6, "val_last": 1.7, "train_extras": {"curriculum_T": 11.0}}]
+    base = {"column": "c", "row": "OK", "unit": "bpc", "reported": 1.742, "reported_kind": "log",
+            "experiment": "online_rtrl/ptb_ok", "source": "[log: x]"}
+    val = summarise_cell(pd.Series({**base, "measured": "val"}), runs)
+    assert val["mean_test_at_best_val"] == pytest.approx(1.7) and val["test_last"] == "1.800 ± 0.141"
+    assert "best validation" in val["notes"]
+    curriculum = summarise_cell(pd.Series({**base, "unit": "T", "measured": "train_extras.curriculum_T"}), runs)
+    assert curriculum["mean_test_at_best_val"] == pytest.approx(10.0) and "curriculum T" in curriculum["notes"]
+    with pytest.raises(ValueError, match="measured"):
+        summarise_cell(pd.Series({**base, "measured": "best_test"}), runs)
