@@ -195,3 +195,19 @@ def backward_node_counts(tensor) -> Counter:
         counts[type(node).__name__] += 1
         stack.extend(child for child, _ in node.next_functions)
     return counts
+
+
+def assert_fused_matches_runner_float32(cells, x) -> None:
+    """cells = [fused, step-by-step runner] with the same weights: outputs and gradients of sum(seq^2) agree to
+    float32 rounding (relative 1e-4 of each tensor's largest entry)."""
+    import torch
+
+    grads = []
+    for cell in cells:
+        seq, _ = cell(x, return_sequence=True)
+        seq.pow(2).sum().backward()
+        grads.append({k: p.grad for k, p in cell.named_parameters() if p.grad is not None} | {"seq": seq.detach()})
+    assert grads[0].keys() == grads[1].keys()
+    for k, ref in grads[1].items():
+        assert ref.dtype == torch.float32
+        assert torch.allclose(grads[0][k], ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4), k

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import backward_node_counts
+from helpers import assert_fused_matches_runner_float32, backward_node_counts
 from rnnrepro.cells.sbo import SBORNN, SBOSequence, _sbo_forward
 from rnnrepro.config import SBOConfig
 from rnnrepro.data.base import DataSpec
@@ -470,15 +470,7 @@ def test_fused_float32_matches_runner(solver):
     cells = [SBORNN(2, 16, solver=solver, rank=5, eta=0.05, impl=impl) for impl in ("fused", "cell")]
     cells[1].load_state_dict(cells[0].state_dict())
     x = torch.randn(50, 4, 2, generator=torch.Generator().manual_seed(1))
-    grads = []
-    for cell in cells:
-        seq, _ = cell(x, return_sequence=True)
-        seq.pow(2).sum().backward()
-        grads.append({k: p.grad for k, p in cell.named_parameters() if p.grad is not None} | {"seq": seq.detach()})
-    assert grads[0].keys() == grads[1].keys()
-    for k, ref in grads[1].items():
-        assert ref.dtype == torch.float32
-        assert torch.allclose(grads[0][k], ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4), k
+    assert_fused_matches_runner_float32(cells, x)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
