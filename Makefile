@@ -4,6 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TIER ?= smoke
 PAPER ?= all
+JOBS ?= 1
+EXPERIMENTS ?=
+# glibc: keep freed memory instead of returning it to the OS after every large tensor. nn.LSTM on CPU otherwise
+# page-faults on each step (results/bench/cpu-malloc.md: 221 -> 93 ms per step). Set for run, reproduce-tables and
+# bench only; tests run with the machine's own setting.
+FAST_MALLOC := MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
 
 .PHONY: help setup run test test-full lint bench reproduce-tables clean
 
@@ -19,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## create .venv and install the project with its dev extras (idempotent)
 
 run: setup ## the default job: python run.py (model=sbo dataset=pmnist)
-	$(PY) run.py
+	$(FAST_MALLOC) $(PY) run.py
 
 test: setup ## the fast test suite (the one CI runs)
 	$(PY) -m pytest -q
@@ -31,11 +37,11 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 
 bench: setup ## time every cell beside nn.LSTM, then the online algorithms (TBPTT/UORO/KF-RTRL/OK/RTRL) against n; writes results/bench/
-	$(PY) scripts/bench.py
-	$(PY) scripts/bench_online.py
+	$(FAST_MALLOC) $(PY) scripts/bench.py
+	$(FAST_MALLOC) $(PY) scripts/bench_online.py
 
-reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|full] [PAPER=...]
-	$(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER)
+reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [ARGS=overrides]
+	$(FAST_MALLOC) $(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER) --jobs $(JOBS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(ARGS)
 
 clean: ## remove run outputs (not results/)
 	rm -rf outputs multirun runs

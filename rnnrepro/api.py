@@ -15,7 +15,7 @@ from rnnrepro.config import ConfigError, validate
 from rnnrepro.data import build_datamodule
 from rnnrepro.loggers import CSVLogger, WandbMirror
 from rnnrepro.models import build_model, count_parameters
-from rnnrepro.results.summary import device_name, git_info, write_json_atomic
+from rnnrepro.results.summary import cpu_model, device_name, git_info, write_json_atomic
 from rnnrepro.tasks import TaskType, build_task
 from rnnrepro.training import checkpoint
 from rnnrepro.training.algorithms import build_algorithm
@@ -66,6 +66,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = select_device(str(cfg.trainer.device))
+    # Vanishing gradients of long sequences reach the denormal range, where x86 arithmetic is very slow.
+    flush_denormal = bool(cfg.trainer.flush_denormal) and device.type == "cpu" and torch.set_flush_denormal(True)
+    if device.type == "cpu" and not cfg.trainer.flush_denormal:
+        torch.set_flush_denormal(False)
     seed = int(cfg.seed)
     seed_everything(seed, bool(cfg.trainer.deterministic))
 
@@ -107,7 +111,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "device_name": device_name(device), "torch_version": torch.__version__, "git_sha": sha, "git_dirty": dirty,
         "host": socket.gethostname(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": data.describe(), "limit_eval_batches": cfg.trainer.limit_eval_batches,
-        "deterministic": bool(cfg.trainer.deterministic), "output_dir": output_dir, "status": "running",
+        "deterministic": bool(cfg.trainer.deterministic), "flush_denormal": bool(flush_denormal),
+        "cpu_model": cpu_model(), "output_dir": output_dir, "status": "running",
     }
     log.info("%s | %s on %s | %d params (%d free) | %s | output %s", cfg.meta.experiment, cfg.model.name,
              cfg.data.name, params, params_free, summary["device_name"], output_dir)

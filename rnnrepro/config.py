@@ -69,14 +69,54 @@ class CellImpl(str, Enum):
     cell = "cell"
 
 
+class CellInit(str, Enum):
+    default = "default"  # torch's nn.RNN / nn.GRU / nn.LSTM init, U(-1/sqrt(n), 1/sqrt(n))
+    uniform = "uniform"  # weights U(-model.init_range, model.init_range), biases 0 (TF BasicLSTMCell)
+
+
+class LayerInit(str, Enum):
+    default = "default"  # torch's own init of nn.Embedding / nn.Linear
+    uniform = "uniform"  # weight and bias U(-init_range, init_range) (TF PTB tutorial: every variable)
+    uniform_weight = "uniform_weight"  # weight U(-init_range, init_range), bias 0 (pytorch/examples decoder)
+
+
+@dataclass
+class DropoutConfig:
+    """The dropout family (all off by default, all inactive in eval; rnnrepro/models.py)."""
+
+    input: float = 0.0  # on the encoder output (pytorch/examples dropout on the embedding; awd dropouti)
+    between: float = 0.0  # between stacked layers (torch's module dropout; awd dropouth)
+    output: float = 0.0  # on the last layer's output, before the head (awd dropout)
+    embedding: float = 0.0  # word-level: whole embedding rows zeroed (awd dropoute)
+    weight: float = 0.0  # DropConnect on the recurrent matrices (awd wdrop)
+    locked: bool = False  # input/between/output: one mask per sequence, shared across time steps (awd)
+
+    def __post_init__(self) -> None:
+        for key in ("input", "between", "output", "embedding", "weight"):
+            value = getattr(self, key)
+            _require(0 <= value < 1, f"model.dropout.{key}", f"must be in [0, 1), got {value}")
+
+
 @dataclass
 class ModelConfig:
+    """Keys every model has: the cell's size and the sequence-model recipe around it (rnnrepro/models.py)."""
+
     _target_: str = MISSING
     name: str = MISSING
     hidden_size: int = 128
+    num_layers: int = 1  # stacked layers; torch's fused multi-layer module where the cell has one
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    tie_weights: bool = False  # head weight = embedding weight (needs data.embedding_size == hidden_size)
+    embedding_init: LayerInit = LayerInit.default
+    head_init: LayerInit = LayerInit.default
+    init_range: float = 0.1  # the bound of every "uniform" init (embedding, head, and the classic cells' init)
 
     def __post_init__(self) -> None:
         _require(self.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {self.hidden_size}")
+        _require(self.num_layers >= 1, "model.num_layers", f"must be >= 1, got {self.num_layers}")
+        _positive(self.init_range, "model.init_range")
+        _require(self.num_layers > 1 or self.dropout.between == 0, "model.dropout.between",
+                 "acts between layers, but model.num_layers=1; set model.num_layers>=2 or model.dropout.between=0")
 
 
 @dataclass
@@ -84,6 +124,7 @@ class RNNConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.classic.TanhRNN"
     name: str = "rnn"
     impl: CellImpl = CellImpl.fused
+    init: CellInit = CellInit.default
 
 
 @dataclass
@@ -99,6 +140,7 @@ class GRUConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.classic.GRU"
     name: str = "gru"
     impl: CellImpl = CellImpl.fused
+    init: CellInit = CellInit.default
 
 
 @dataclass
@@ -106,6 +148,7 @@ class LSTMConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.classic.LSTM"
     name: str = "lstm"
     impl: CellImpl = CellImpl.fused
+    init: CellInit = CellInit.default
     forget_bias: float = 1.0
 
 
@@ -333,6 +376,8 @@ class PTBWordDataConfig(DataConfig):
     name: str = "ptb_word"  # wikitext2 uses the same schema (_target_ WikiText2); ptb_char extends it
     bptt: int = 35
     embedding_size: int = 200
+    test_batch_size: int | None = None  # columns of the test stream; null: eval_batch_size (awd-lstm-lm, TF PTB: 1)
+    drop_last_window: bool = False  # train/val skip the final window shorter than bptt (TF ptb_producer)
     verify_checksums: bool = True
     input_encoding: InputEncoding = InputEncoding.embedding  # one_hot: parameter-free, cell input = vocabulary
     train_reset_every: int | None = None  # N: training batches carry reset at column positions % N == 0 (OK PTB: 100)
@@ -340,6 +385,8 @@ class PTBWordDataConfig(DataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.bptt >= 1, "data.bptt", f"must be >= 1, got {self.bptt}")
+        _require(self.test_batch_size is None or self.test_batch_size >= 1, "data.test_batch_size",
+                 f"must be >= 1 or null, got {self.test_batch_size}")
         _require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
         _require(self.train_reset_every is None or self.train_reset_every >= 1, "data.train_reset_every",
                  f"must be >= 1 or null, got {self.train_reset_every}")
@@ -491,6 +538,7 @@ class SchedulerName(str, Enum):
     none = "none"
     step = "step"
     linear = "linear"
+    decay_after = "decay_after"
 
 
 class ScheduleInterval(str, Enum):
@@ -514,10 +562,14 @@ class SchedulerConfig:
     target: LinearTarget = LinearTarget.lr
     start_factor: float = 1.0
     end_factor: float = 0.0
+    # decay_after: lr * gamma ** max(0, count - after + 1) at interval count (0-based): `after` intervals at the
+    # initial lr, then one factor of gamma per interval (TF PTB tutorial: after = max_epoch, gamma = lr_decay)
+    after: int = 4
 
     def __post_init__(self) -> None:
         _require(self.step_size >= 1, "scheduler.step_size", f"must be >= 1, got {self.step_size}")
         _positive(self.gamma, "scheduler.gamma")
+        _require(self.after >= 0, "scheduler.after", f"must be >= 0, got {self.after}")
         _require(self.start_factor >= 0 and self.end_factor >= 0, "scheduler.start_factor/end_factor",
                  "must be >= 0")
 
@@ -600,6 +652,8 @@ class TrainerConfig:
     deterministic: bool = False
     num_threads: int | None = None
     progress_bar: bool = True  # shown only on a terminal
+    log_every_s: float = 30.0  # off a terminal: a progress line every N seconds (0 disables)
+    flush_denormal: bool = True  # CPU: treat denormal floats as zero (x86 denormal arithmetic is very slow)
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
@@ -608,6 +662,7 @@ class TrainerConfig:
                  f"must be >= 1 or null, got {self.max_steps}")
         _require(self.eval_every_n_steps is None or self.eval_every_n_steps >= 1, "trainer.eval_every_n_steps",
                  f"must be >= 1 or null, got {self.eval_every_n_steps}")
+        _require(self.log_every_s >= 0, "trainer.log_every_s", f"must be >= 0, got {self.log_every_s}")
         _require(self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip",
                  f"must be > 0 or null, got {self.grad_clip}")
         _require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
@@ -710,9 +765,22 @@ ONLINE_ALGORITHMS = ("rtrl", "uoro", "kf_rtrl", "ok")
 
 def _check_algorithm_fits(cfg: Config) -> None:
     """Online algorithms need a parameter-free input encoder and (except exact RTRL) a Kronecker-structured cell."""
+    if getattr(cfg.model, "tie_weights", False):
+        embedding = getattr(cfg.data, "embedding_size", None)
+        encoding = getattr(getattr(cfg.data, "input_encoding", None), "value", None)
+        if embedding is None or encoding != "embedding":
+            raise ConfigError(f"model.tie_weights=true needs a token dataset with an embedding; dataset "
+                              f"{cfg.data.name} has none. Set model.tie_weights=false")
+        if embedding != cfg.model.hidden_size:
+            raise ConfigError(f"model.tie_weights=true shares the embedding ({embedding} wide) with the head (reads "
+                              f"model.hidden_size={cfg.model.hidden_size}); set data.embedding_size="
+                              f"{cfg.model.hidden_size}, or model.tie_weights=false")
     name = cfg.algorithm.name.value
     if name not in ONLINE_ALGORITHMS:
         return
+    if cfg.model.num_layers > 1:
+        raise ConfigError(f"algorithm={name} carries the influence of one recurrent layer; model.num_layers="
+                          f"{cfg.model.num_layers}. Set model.num_layers=1, or algorithm=bptt / tbptt")
     encoding = getattr(cfg.data, "input_encoding", None)
     if encoding is not None and str(getattr(encoding, "value", encoding)) != "one_hot":
         raise ConfigError(f"algorithm={name}: data.input_encoding={getattr(encoding, 'value', encoding)} adds an "

@@ -1,47 +1,166 @@
-"""A sequence model: optional input encoder, a recurrent cell, and a linear head shaped by the task type."""
+"""A sequence model: optional input encoder, a (possibly stacked) recurrent cell, and a linear head shaped by the task.
+
+The training recipes of the papers live here, each off by default (``model.dropout.*``, ``model.tie_weights``,
+``model.embedding_init`` / ``model.head_init``, ``model.num_layers``):
+
+- ``dropout.embedding``: word-level dropout, whole rows of the embedding matrix zeroed (awd-lstm-lm ``dropoute``);
+- ``dropout.input``: on the encoder output (pytorch/examples, awd ``dropouti``);
+- ``dropout.between``: between stacked layers (the torch module's ``dropout``, awd ``dropouth``);
+- ``dropout.output``: on the last layer's output, before the head (awd ``dropout``);
+- ``dropout.locked``: input / between / output draw one mask per sequence (per forward call, shared across its time
+  steps; awd-lstm-lm's LockedDropout), instead of a fresh mask at every step;
+- ``dropout.weight``: DropConnect on the recurrent matrices (awd ``wdrop``), a fresh mask per forward call. The
+  parameters stay registered and trainable: the masked copies are passed in with ``torch.func.functional_call``.
+
+Every dropout is inactive in ``model.eval()``.
+"""
 
 from __future__ import annotations
 
+import inspect
+
 import hydra.utils
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from rnnrepro.cells.base import RecurrentCell, State
 from rnnrepro.data.base import DataSpec
 from rnnrepro.tasks import Task
 
+# Keys of the model config consumed here, not by the cell's constructor.
+SEQUENCE_MODEL_KEYS = ("num_layers", "dropout", "tie_weights", "embedding_init", "head_init", "init_range")
+
+
+def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """x (T, B, k): one Bernoulli mask per (B, k), shared by all T steps, scaled by 1 / (1 - p)."""
+    if not training or p == 0:
+        return x
+    mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(1 - p).div_(1 - p)
+    return x * mask
+
+
+def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:
+    """Drops whole rows (words) of the embedding matrix, scaled by 1 / (1 - p) (awd-lstm-lm ``embedded_dropout``)."""
+    if not training or p == 0:
+        return weight
+    mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p).div_(1 - p)
+    return weight * mask
+
+
+class StackedCell(RecurrentCell):
+    """``num_layers`` cells of any kind run layer after layer (each through its own forward: fused or the shared
+    runner), with dropout between layers (``locked`` masks or a fresh one per step). The state is every layer's
+    components, layer 0 first; the output is the last layer's."""
+
+    def __init__(self, layers: list[RecurrentCell], dropout_between: float = 0.0, locked: bool = False) -> None:
+        super().__init__(layers[0].input_size, layers[-1].hidden_size)
+        self.layers = nn.ModuleList(layers)
+        self.num_layers = len(layers)
+        self.dropout_between, self.locked = float(dropout_between), bool(locked)
+        self.state_names = tuple(name for layer in layers for name in layer.state_names)
+        self._sizes = [len(layer.state_names) for layer in layers]
+
+    def init_state(self, batch_size: int, like: Tensor) -> State:
+        return tuple(s for layer in self.layers for s in layer.init_state(batch_size, like))
+
+    def _split(self, state: State) -> list[State]:
+        parts, start = [], 0
+        for size in self._sizes:
+            parts.append(tuple(state[start : start + size]))
+            start += size
+        return parts
+
+    def output(self, state: State) -> Tensor:
+        return self.layers[-1].output(self._split(state)[-1])
+
+    def redundant_parameters(self) -> int:
+        return sum(layer.redundant_parameters() for layer in self.layers)
+
+    def recurrent_weight_names(self) -> list[str]:
+        return [f"layers.{i}.{name}" for i, layer in enumerate(self.layers) for name in layer.recurrent_weight_names()]
+
+    def forward(self, x: Tensor, state: State | None = None, return_sequence: bool = False) -> tuple[Tensor, State]:
+        states = self._split(state) if state is not None else [None] * self.num_layers
+        final: list[Tensor] = []
+        seq = x
+        for i, (layer, s) in enumerate(zip(self.layers, states)):
+            if i > 0 and self.dropout_between > 0:
+                seq = (locked_dropout(seq, self.dropout_between, self.training) if self.locked
+                       else F.dropout(seq, self.dropout_between, self.training))
+            last = i == self.num_layers - 1
+            seq, s = layer(seq, s, return_sequence=return_sequence or not last)
+            final.extend(s)
+        return seq, tuple(final)
+
 
 class SequenceModel(nn.Module):
-    def __init__(self, cell: RecurrentCell, head: nn.Module, task: Task, encoder: nn.Module | None = None) -> None:
+    def __init__(self, cell: RecurrentCell, head: nn.Module, task: Task, encoder: nn.Module | None = None,
+                 dropout: dict | None = None) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.cell, self.head, self.task = cell, head, task
+        d = dropout or {}
+        self.p_input, self.p_output = float(d.get("input", 0.0)), float(d.get("output", 0.0))
+        self.p_embedding, self.p_weight = float(d.get("embedding", 0.0)), float(d.get("weight", 0.0))
+        self.locked = bool(d.get("locked", False))
+        self.dropped_weights = cell.recurrent_weight_names() if self.p_weight > 0 else []
+        if self.p_weight > 0 and not self.dropped_weights:
+            raise ValueError(f"model.dropout.weight: {type(cell).__name__} declares no recurrent weights to drop "
+                             "(recurrent_weight_names); set model.dropout.weight=0")
+
+    def _dropout(self, x: Tensor, p: float) -> Tensor:
+        if p == 0:
+            return x
+        return locked_dropout(x, p, self.training) if self.locked else F.dropout(x, p, self.training)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        if self.p_embedding > 0 and self.training and isinstance(self.encoder, nn.Embedding):
+            x = F.embedding(x, embedding_dropout(self.encoder.weight, self.p_embedding, True))
+        else:
+            x = self.encoder(x)
+        return self._dropout(x.transpose(0, 1), self.p_input)  # the cells run time-major
+
+    def _run_cell(self, x: Tensor, state: State | None, return_sequence: bool) -> tuple[Tensor, State]:
+        if self.dropped_weights and self.training:
+            masked = {name: F.dropout(self.cell.get_parameter(name), self.p_weight, True)
+                      for name in self.dropped_weights}
+            return functional_call(self.cell, masked, (x, state), {"return_sequence": return_sequence},
+                                   strict=False)
+        return self.cell(x, state, return_sequence=return_sequence)
+
+    def features(self, x: Tensor, state: State | None = None, reset: Tensor | None = None) -> tuple[Tensor, State]:
+        """The last layer's outputs (T, B, n) (or (B, n) for sequence-level tasks) after output dropout, and the
+        state. ``reset`` (B, T) bool zeroes a row's state before the steps where it is True: the sequence is cut
+        into segments at those steps, and each segment runs through the cell's own (fused) forward."""
+        x = self._encode(x)
+        seq = self.task.sequence_output
+        if reset is None:
+            out, state = self._run_cell(x, state, seq)
+        else:
+            reset = reset.t()  # (T, B)
+            cuts = [0, *[t for t in range(1, reset.shape[0]) if bool(reset[t].any())], reset.shape[0]]
+            outs = []
+            for start, stop in zip(cuts[:-1], cuts[1:]):
+                if state is not None:
+                    keep = (~reset[start]).unsqueeze(1)
+                    state = tuple(s * keep.to(s.dtype) for s in state)
+                out, state = self._run_cell(x[start:stop], state, seq)
+                outs.append(out)
+            out = torch.cat(outs, 0) if seq else outs[-1]
+        if seq:
+            out = self._dropout(out, self.p_output)
+        elif self.p_output > 0:
+            out = F.dropout(out, self.p_output, self.training)
+        return out, state
 
     def forward(self, x: Tensor, state: State | None = None, reset: Tensor | None = None) -> tuple[Tensor, State]:
-        """x: (B, T, m) features or (B, T) token ids. Returns head outputs ((B, C) or (B, T, C)) and the state.
-
-        ``reset`` (B, T) bool zeroes a row's state before the steps where it is True (streams that start a new
-        sequence mid-batch); such batches run through the cell's step path."""
-        x = self.encoder(x).transpose(0, 1)  # the cells run time-major
-        if reset is not None and bool(reset[:, 1:].any()):
-            out, state = self._forward_with_resets(x, state, reset.t())
-        else:
-            if reset is not None and state is not None:
-                state = tuple(s.masked_fill(reset[:, :1], 0) for s in state)
-            out, state = self.cell(x, state, return_sequence=self.task.sequence_output)
+        """x: (B, T, m) features or (B, T) token ids. Returns head outputs ((B, C) or (B, T, C)) and the state."""
+        out, state = self.features(x, state, reset)
         out = self.head(out)
         return (out.transpose(0, 1) if self.task.sequence_output else out), state
-
-    def _forward_with_resets(self, x: Tensor, state: State | None, reset: Tensor) -> tuple[Tensor, State]:
-        cell = self.cell
-        state = cell.init_state(x.shape[1], x) if state is None else state
-        gx, ctx, outputs = cell.project_inputs(x), cell.prepare(), []
-        for gx_t, reset_t in zip(gx.unbind(0), reset.unbind(0)):
-            keep = (~reset_t).unsqueeze(1).to(gx_t.dtype)
-            state = cell.step(gx_t, tuple(s * keep for s in state), ctx)
-            outputs.append(cell.output(state))
-        return (torch.stack(outputs, 0) if self.task.sequence_output else outputs[-1]), state
 
     def after_optimizer_step(self) -> None:
         """Hook for constrained weights (e.g. projections of stable models), called after every optimizer step."""
@@ -82,14 +201,50 @@ def build_encoder(spec: DataSpec) -> nn.Module | None:
     return nn.Embedding(spec.vocab_size, spec.input_size)
 
 
-def build_cell(model_cfg: DictConfig, input_size: int) -> RecurrentCell:
-    kwargs = OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
+def _cell_kwargs(model_cfg: DictConfig | dict) -> tuple[type, dict]:
+    kwargs = (OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
+              if isinstance(model_cfg, DictConfig) else dict(model_cfg))
     target = kwargs.pop("_target_")
     kwargs.pop("name")
-    cell = hydra.utils.get_class(target)(input_size=input_size, **kwargs)
-    if not isinstance(cell, RecurrentCell):
+    for key in SEQUENCE_MODEL_KEYS:
+        kwargs.pop(key, None)
+    cls = hydra.utils.get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, RecurrentCell)):
         raise TypeError(f"model._target_={target} is not a rnnrepro.cells.base.RecurrentCell")
-    return cell
+    return cls, kwargs
+
+
+def _accepts(cls: type, key: str) -> bool:
+    return key in inspect.signature(cls.__init__).parameters
+
+
+def build_cell(model_cfg: DictConfig, input_size: int) -> RecurrentCell:
+    """The cell of ``model_cfg``: ``num_layers`` layers, natively (the torch modules, one fused multi-layer call) when
+    the cell class supports it and the between-layer dropout is not locked, otherwise a :class:`StackedCell`."""
+    cls, kwargs = _cell_kwargs(model_cfg)
+    layers = int(model_cfg.get("num_layers", 1))
+    dropout = model_cfg.get("dropout") or {}
+    between, locked = float(dropout.get("between", 0.0)), bool(dropout.get("locked", False))
+    if _accepts(cls, "init_range") and "init_range" in model_cfg:
+        kwargs["init_range"] = float(model_cfg.init_range)
+    if layers == 1:
+        return cls(input_size=input_size, **kwargs)
+    if getattr(cls, "native_layers", False) and not (locked and between > 0):
+        return cls(input_size=input_size, num_layers=layers, dropout_between=between, **kwargs)
+    hidden = int(kwargs["hidden_size"])
+    return StackedCell([cls(input_size=input_size if i == 0 else hidden, **kwargs) for i in range(layers)],
+                       dropout_between=between, locked=locked)
+
+
+def _init_uniform(module: nn.Module, init: str, bound: float) -> None:
+    init = str(getattr(init, "value", init))
+    if init == "default":
+        return
+    with torch.no_grad():
+        module.weight.uniform_(-bound, bound)
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            bias.uniform_(-bound, bound) if init == "uniform" else bias.zero_()
 
 
 def build_model(model_cfg: DictConfig, spec: DataSpec, task: Task) -> SequenceModel:
@@ -100,12 +255,27 @@ def build_model(model_cfg: DictConfig, spec: DataSpec, task: Task) -> SequenceMo
     if readout_std is not None:  # the cell's paper initialises the readout too (OK RHN: [W_out; b] ~ N(0, 0.01^2))
         nn.init.normal_(head.weight, 0.0, readout_std)
         nn.init.normal_(head.bias, 0.0, readout_std)
-    return SequenceModel(cell, head, task, encoder)
+    bound = float(model_cfg.get("init_range", 0.1))
+    if isinstance(encoder, nn.Embedding):
+        _init_uniform(encoder, model_cfg.get("embedding_init", "default"), bound)
+    _init_uniform(head, model_cfg.get("head_init", "default"), bound)
+    if bool(model_cfg.get("tie_weights", False)):
+        if not isinstance(encoder, nn.Embedding) or encoder.weight.shape != head.weight.shape:
+            emb = tuple(encoder.weight.shape) if isinstance(encoder, nn.Embedding) else None
+            raise ValueError(f"model.tie_weights=true needs an embedding of the head's shape (vocab, hidden) = "
+                             f"{tuple(head.weight.shape)}; the embedding is {emb}. Set data.embedding_size="
+                             f"{head.weight.shape[1]} (= model.hidden_size), or model.tie_weights=false")
+        head.weight = encoder.weight  # one Parameter, shared storage
+    dropout = OmegaConf.to_container(model_cfg.dropout) if isinstance(model_cfg.get("dropout"), DictConfig) \
+        else dict(model_cfg.get("dropout") or {})
+    return SequenceModel(cell, head, task, encoder, dropout=dropout)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(numel of trainable parameters, free parameters): free discounts stored entries that are not independent,
-    e.g. the n(n+1)/2 redundant entries of a full W used only as W - W^T, or the second LSTM bias vector."""
+    e.g. the n(n+1)/2 redundant entries of a full W used only as W - W^T, or the second LSTM bias vector. Tied
+    parameters count once."""
     numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    redundant = sum(m.redundant_parameters() for m in model.modules() if isinstance(m, RecurrentCell))
+    redundant = sum(m.redundant_parameters() for m in model.modules()
+                    if isinstance(m, RecurrentCell) and not isinstance(m, StackedCell))
     return numel, numel - redundant

@@ -4,19 +4,35 @@
 
 Every table cell in results/expected/<paper>.csv names the experiment preset that reproduces it. Each preset runs
 once per seed in ``meta.seeds`` (smoke: the first two) through the normal CLI, ``python run.py experiment=...``,
-into runs/reproduce/<tier>/<experiment>/seed_<k>/. A finished run whose request (overrides) is unchanged is reused;
-an interrupted one resumes from its last.pt. The smoke tier caps training at a few steps so that the whole pipeline
-runs on a 2-core CPU in minutes; its tables are written to <table>.smoke.md and labelled as a pipeline check.
+into <runs-dir>/<tier>/<experiment>/seed_<k>/ (``--runs-dir``, default ``$RNNREPRO_RUNS`` or runs/reproduce; keep it
+outside the checkout for runs that span sessions).
+
+Reuse is decided from the resolved config, not from the override strings: the request is composed in-process and
+compared with the run's config.yaml, leaving out keys that do not change results (data.root, threads, logging). A key
+that the run's config lacks was added to a schema after the run; it matches when the request holds that key's schema
+default (new features default to off). Then:
+
+- same config, finished (completed / diverged): reused;
+- same config, interrupted (last.pt): resumed;
+- different config: the old directory is moved aside to ``seed_<k>.superseded-<UTC time>`` (never deleted) and the run
+  starts fresh.
+
+The smoke tier caps training at a few steps so that the whole pipeline runs on a 2-core CPU in minutes; its tables are
+written to <table>.smoke.md and labelled as a pipeline check.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
+import fnmatch
 import json
 import os
 import shlex
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,9 +63,17 @@ def preset_seeds(experiment: str) -> list[int]:
     return list((data.get("meta") or {}).get("seeds", [0, 1, 2]))
 
 
-def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str]) -> list[dict]:
-    runs = []
+def selected(experiment: str, patterns: list[str] | None) -> bool:
+    return not patterns or any(fnmatch.fnmatch(experiment, p) for p in patterns)
+
+
+def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str], only: list[str] | None = None) -> list[dict]:
+    runs, planned = [], set()
     for _, cell in load_expected(str(RESULTS), paper).iterrows():
+        # several table cells (e.g. valid and test) read the same runs
+        if cell["experiment"] in planned or not selected(cell["experiment"], only):
+            continue
+        planned.add(cell["experiment"])
         seeds = preset_seeds(cell["experiment"])
         if tier == "smoke":
             seeds = seeds[:SMOKE_SEEDS]
@@ -61,25 +85,111 @@ def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str]) -> list[d
     return runs
 
 
-def run_state(run: dict) -> str:
-    """done (reuse) | resume (interrupted, same request) | fresh (nothing, or a different request)."""
-    request = run["dir"] / "request.json"
-    if not request.exists() or json.loads(request.read_text()) != run["overrides"]:
-        return "fresh"
+# Keys that do not change what a run computes: where data lives, threads, progress output, logging mirrors.
+IGNORED_KEYS = ("data.root", "data.download", "data.num_workers", "trainer.num_threads", "trainer.progress_bar",
+                "trainer.log_every_s", "trainer.checkpoint", "logger", "output_dir", "resume", "meta.seeds")
+
+
+_COMPOSE_LOCK = threading.Lock()  # Hydra's global state is not thread-safe (runs are planned from a thread pool)
+
+
+def compose_request(overrides: list[str]):
+    """The config a run with these overrides would resolve to (the same composition as run.py)."""
+    from hydra import compose, initialize_config_dir
+
+    import rnnrepro.config  # noqa: F401 - registers the schemas the YAML files extend
+
+    with _COMPOSE_LOCK, initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("config", overrides=list(overrides))
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _ignored(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
+
+
+def _schema_default(cfg, key: str):
+    """The dataclass default of ``key`` in the schema behind the composed config; a sentinel when it has none."""
+    from omegaconf import OmegaConf
+
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node._get_node(part)
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        default = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False, enum_to_str=True).get(leaf, ...)
+        return default
+    return ...
+
+
+def config_differences(request_cfg, saved: dict) -> list[str]:
+    """Keys on which a composed request and a run's resolved config.yaml differ (ignoring IGNORED_KEYS)."""
+    from omegaconf import OmegaConf
+
+    wanted = _flatten(OmegaConf.to_container(request_cfg, resolve=True, enum_to_str=True))
+    have = _flatten(saved)
+    diffs = []
+    for key in sorted(set(wanted) | set(have)):
+        if _ignored(key):
+            continue
+        if key not in have:  # added to a schema after the run: the run behaved as the schema default
+            default = _schema_default(request_cfg, key)
+            if default is ... or default != wanted[key]:
+                diffs.append(f"{key}: the run predates this key; requested {wanted[key]!r}")
+        elif key not in wanted:
+            diffs.append(f"{key}: the run had {have[key]!r}; the key no longer exists")
+        elif wanted[key] != have[key]:
+            diffs.append(f"{key}: the run had {have[key]!r}, requested {wanted[key]!r}")
+    return diffs
+
+
+def run_state(run: dict) -> tuple[str, list[str]]:
+    """(done | resume | fresh | stale, differences). done: same resolved config, finished; resume: same config,
+    interrupted; fresh: nothing there yet; stale: a run of another config occupies the directory."""
+    config = run["dir"] / "config.yaml"
+    artifacts = [n for n in ("config.yaml", "metrics.csv", "summary.json", "last.pt", "best.pt")
+                 if (run["dir"] / n).exists()]
+    if not artifacts:
+        return "fresh", []
+    if not config.exists():
+        return "stale", ["the directory holds run files but no config.yaml"]
+    diffs = config_differences(compose_request(run["overrides"]), yaml.safe_load(config.read_text()) or {})
+    if diffs:
+        return "stale", diffs
     summary = run["dir"] / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") in ("completed", "diverged"):
-        return "done"
-    return "resume" if (run["dir"] / "last.pt").exists() else "fresh"
+        return "done", []
+    if (run["dir"] / "last.pt").exists():
+        return "resume", []
+    return "stale", ["an earlier attempt stopped before its first checkpoint"]
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Moves a run directory out of the way (never deletes it): <dir>.superseded-<UTC time>."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = run_dir.with_name(f"{run_dir.name}.superseded-{stamp}")
+    run_dir.rename(target)
+    return target
 
 
 def execute(run: dict, threads: int | None) -> int:
-    state = run_state(run)
+    state, diffs = run_state(run)
     if state == "done":
         print(f"reuse   {run['dir']}")
         return 0
-    if state == "fresh" and run["dir"].exists():
-        for name in ("metrics.csv", "summary.json", "last.pt", "best.pt", "config.yaml", "request.json"):
-            (run["dir"] / name).unlink(missing_ok=True)
+    if state == "stale":
+        moved = set_aside(run["dir"])
+        print(f"stale   {run['dir']} moved to {moved}: " + "; ".join(diffs[:5]), flush=True)
+        state = "fresh"
     run["dir"].mkdir(parents=True, exist_ok=True)
     (run["dir"] / "request.json").write_text(json.dumps(run["overrides"]))
     cmd = [sys.executable, str(REPO / "run.py"), *run["overrides"], f"hydra.run.dir={run['dir']}"]
@@ -92,10 +202,13 @@ def execute(run: dict, threads: int | None) -> int:
         return subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def render(paper: str, tier: str, runs: list[dict], command: str) -> list[str]:
+def render(paper: str, tier: str, runs: list[dict], command: str, only: list[str] | None = None) -> list[str]:
+    """Writes every table of ``paper`` that holds a selected experiment."""
     expected = load_expected(str(RESULTS), paper)
     written = []
     for table, cells in expected.groupby("table", sort=False):
+        if not any(selected(e, only) for e in cells["experiment"]):
+            continue
         rows = []
         for _, cell in cells.iterrows():
             dirs = [str(r["dir"]) for r in runs if r["experiment"] == cell["experiment"]]
@@ -108,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=["smoke", "full"], default="smoke")
     parser.add_argument("--paper", default="all", help="a file name under results/expected/ (without .csv), or all")
-    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "reproduce"))
+    parser.add_argument("--runs-dir", default=os.environ.get("RNNREPRO_RUNS") or str(REPO / "runs" / "reproduce"),
+                        help="where the runs live (default: $RNNREPRO_RUNS, else runs/reproduce in the checkout)")
+    parser.add_argument("--render-only", action="store_true", help="render the tables from the runs there, run nothing")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (CPU threads are split between them)")
+    parser.add_argument("--experiments", nargs="+", metavar="PATTERN",
+                        help="only these presets (shell patterns, e.g. 'baselines/ptb_*'); their tables are rendered")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing, render nothing")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. data.root=/data")
     args = parser.parse_args(argv)
@@ -119,19 +236,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown paper {unknown}; choose from {list_papers(str(RESULTS))} or all")
     command = "make reproduce-tables " + f"TIER={args.tier} PAPER={args.paper}"
-    plans = {p: plan_runs(p, args.tier, Path(args.runs_dir), args.overrides) for p in papers}
+    if args.experiments:
+        command += f" EXPERIMENTS='{' '.join(args.experiments)}'"
+    plans = {p: plan_runs(p, args.tier, Path(args.runs_dir), args.overrides, args.experiments) for p in papers}
     if args.dry_run:
         for paper, runs in plans.items():
             for r in runs:
-                print(f"{run_state(r):7s} {paper}: {shlex.join(r['overrides'])} -> {r['dir']}")
+                state, diffs = run_state(r)
+                print(f"{state:7s} {paper}: {shlex.join(r['overrides'])} -> {r['dir']}"
+                      + (f" ({'; '.join(diffs[:3])})" if diffs else ""))
         return 0
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     all_runs = [r for runs in plans.values() for r in runs]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        codes = list(pool.map(lambda r: execute(r, threads), all_runs))
+    if args.render_only:
+        codes = [0] * len(all_runs)
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            codes = list(pool.map(lambda r: execute(r, threads), all_runs))
     failed = [r["dir"] for r, c in zip(all_runs, codes) if c != 0]
     for paper, runs in plans.items():
-        for path in render(paper, args.tier, runs, command):
+        for path in render(paper, args.tier, runs, command, args.experiments):
             print(f"wrote {path}")
     if failed:
         print(f"{len(failed)} run(s) failed; see run.log in: " + ", ".join(map(str, failed)), file=sys.stderr)

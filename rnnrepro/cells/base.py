@@ -52,6 +52,11 @@ class RecurrentCell(nn.Module):
     def output(self, state: State) -> Tensor:
         return state[0]
 
+    def recurrent_weight_names(self) -> list[str]:
+        """Names (relative to the cell) of the recurrent matrices that weight drop (``model.dropout.weight``,
+        DropConnect) masks. Default: none, and weight drop refuses the cell."""
+        return []
+
     def redundant_parameters(self) -> int:
         """Stored entries that are not free parameters (e.g. a second bias vector per gate, or the lower triangle
         of a full matrix used only through W - W^T). ``params_free = numel - redundant``."""

@@ -18,12 +18,35 @@ from rnnrepro.cells.base import KroneckerCell, KroneckerStep, RecurrentCell, Sta
 
 
 class _FusedCell(RecurrentCell):
-    def __init__(self, input_size: int, hidden_size: int, module: nn.RNNBase, impl: str = "fused") -> None:
+    """A torch recurrent module (``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM``) of ``num_layers`` layers behind the cell
+    interface. ``impl="fused"`` calls the module (one multi-layer oneDNN / cuDNN call, ``dropout_between`` applied by
+    torch between layers in training); ``impl="cell"`` runs the same per-layer weights through the shared runner,
+    layer after layer, with the same dropout. The state holds every layer's components, layer 0 first; the output is
+    the last layer's h. ``project_inputs`` / ``step`` (the online algorithms' interface) are layer 0's."""
+
+    native_layers = True  # build_model passes num_layers and dropout_between instead of stacking cells
+
+    def __init__(self, input_size: int, hidden_size: int, module: nn.RNNBase, impl: str = "fused",
+                 init: str = "default", init_range: float = 0.1) -> None:
         super().__init__(input_size, hidden_size)
         self.rnn = module
+        self.num_layers = module.num_layers
+        self.dropout_between = float(module.dropout)
         self.impl = str(getattr(impl, "value", impl))
         if self.impl not in ("fused", "cell"):
             raise ValueError(f"model.impl must be fused or cell, got {impl!r}")
+        self.layer_state_names = self.state_names
+        self.state_names = self.state_names * self.num_layers
+        init = str(getattr(init, "value", init))
+        if init == "uniform":  # every weight U(-r, r), biases 0 (TF BasicLSTMCell; the TF PTB tutorial's init_scale)
+            with torch.no_grad():
+                for name, param in self.rnn.named_parameters():
+                    param.uniform_(-init_range, init_range) if name.startswith("weight") else param.zero_()
+        elif init != "default":
+            raise ValueError(f"model.init must be default or uniform, got {init!r}")
+
+    def weight(self, kind: str, layer: int = 0) -> Tensor:
+        return getattr(self.rnn, f"{kind}_l{layer}")
 
     @property
     def w_ih(self) -> Tensor:
@@ -33,38 +56,87 @@ class _FusedCell(RecurrentCell):
     def w_hh(self) -> Tensor:
         return self.rnn.weight_hh_l0
 
+    def recurrent_weight_names(self) -> list[str]:
+        """Parameters that weight drop (DropConnect, ``model.dropout.weight``) masks: the hidden-to-hidden ones."""
+        return [f"rnn.weight_hh_l{k}" for k in range(self.num_layers)]
+
+    def project_inputs(self, x: Tensor) -> Tensor:
+        return self.project_layer(x, 0)
+
+    def step(self, gx: Tensor, state: State, ctx: Any) -> State:
+        return self.step_layer(gx, state, 0)
+
+    def project_layer(self, x: Tensor, layer: int) -> Tensor:
+        raise NotImplementedError
+
+    def step_layer(self, gx: Tensor, state: State, layer: int) -> State:
+        raise NotImplementedError
+
+    def output(self, state: State) -> Tensor:
+        return state[-len(self.layer_state_names)]
+
     def _hx(self, state: State) -> Any:
-        return state[0].unsqueeze(0).contiguous()
+        k = len(self.layer_state_names)
+        parts = [torch.stack(state[i::k], 0) for i in range(k)]  # (L, B, n) per component
+        return parts[0] if k == 1 else tuple(parts)
 
     def _state_from(self, hn: Any) -> State:
-        return (hn[0],)
+        parts = (hn,) if torch.is_tensor(hn) else tuple(hn)
+        return tuple(p[layer] for layer in range(self.num_layers) for p in parts)
 
     def forward(self, x: Tensor, state: State | None = None, return_sequence: bool = False) -> tuple[Tensor, State]:
         if self.impl == "cell":
-            return super().forward(x, state, return_sequence)
+            if self.num_layers == 1:  # the shared runner itself
+                return super().forward(x, state, return_sequence)
+            return self._forward_layers(x, state, return_sequence)
         out, hn = self.rnn(x, None if state is None else self._hx(state))
         return (out if return_sequence else out[-1]), self._state_from(hn)
 
+    def _forward_layers(self, x: Tensor, state: State | None, return_sequence: bool) -> tuple[Tensor, State]:
+        k = len(self.layer_state_names)
+        if state is None:
+            state = self.init_state(x.shape[1], x)
+        final: list[Tensor] = []
+        seq = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout_between > 0:
+                seq = F.dropout(seq, self.dropout_between, self.training)
+            s = tuple(state[layer * k : (layer + 1) * k])
+            outputs = []
+            for gx_t in self.project_layer(seq, layer).unbind(0):
+                s = self.step_layer(gx_t, s, layer)
+                outputs.append(s[0])
+            seq = torch.stack(outputs, 0)
+            final.extend(s)
+        return (seq if return_sequence else seq[-1]), tuple(final)
+
+
+def _module_kwargs(num_layers: int, dropout_between: float) -> dict:
+    return {"num_layers": int(num_layers), "dropout": float(dropout_between) if num_layers > 1 else 0.0}
+
 
 class TanhRNN(_FusedCell, KroneckerCell):
-    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Kronecker form: W = [W_ih^T; W_hh^T; (b_ih + b_hh)^T],
-    K = n, D_t = diag(phi'(z_t)), H_t = D_t W_hh."""
+    """h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh). Kronecker form (one layer): W = [W_ih^T; W_hh^T;
+    (b_ih + b_hh)^T], K = n, D_t = diag(phi'(z_t)), H_t = D_t W_hh."""
 
     nonlinearity = "tanh"
 
-    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, nn.RNN(input_size, hidden_size, nonlinearity=self.nonlinearity),
-                         impl)
+    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", num_layers: int = 1,
+                 dropout_between: float = 0.0, init: str = "default", init_range: float = 0.1) -> None:
+        module = nn.RNN(input_size, hidden_size, nonlinearity=self.nonlinearity,
+                        **_module_kwargs(num_layers, dropout_between))
+        super().__init__(input_size, hidden_size, module, impl, init, init_range)
 
-    def project_inputs(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.w_ih, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0)
+    def project_layer(self, x: Tensor, layer: int) -> Tensor:
+        return F.linear(x, self.weight("weight_ih", layer),
+                        self.weight("bias_ih", layer) + self.weight("bias_hh", layer))
 
-    def step(self, gx: Tensor, state: State, ctx: Any) -> State:
-        pre = torch.addmm(gx, state[0], self.w_hh.t())
+    def step_layer(self, gx: Tensor, state: State, layer: int) -> State:
+        pre = torch.addmm(gx, state[0], self.weight("weight_hh", layer).t())
         return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre),)
 
     def redundant_parameters(self) -> int:
-        return self.hidden_size  # only b_ih + b_hh matters
+        return self.hidden_size * self.num_layers  # only b_ih + b_hh matters
 
     def kron_width(self) -> int:
         return self.hidden_size
@@ -89,30 +161,35 @@ class TanhRNN(_FusedCell, KroneckerCell):
 
 
 class IRNN(TanhRNN):
-    """iRNN (Le, Jaitly, Hinton 2015): ReLU RNN with W_hh = identity_scale * I and zero biases at init."""
+    """iRNN (Le, Jaitly, Hinton 2015): ReLU RNN with W_hh = identity_scale * I and zero biases at init (every
+    layer)."""
 
     nonlinearity = "relu"
 
-    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", identity_scale: float = 1.0) -> None:
-        super().__init__(input_size, hidden_size, impl)
+    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", identity_scale: float = 1.0,
+                 num_layers: int = 1, dropout_between: float = 0.0) -> None:
+        super().__init__(input_size, hidden_size, impl, num_layers, dropout_between)
         with torch.no_grad():
-            self.w_hh.copy_(identity_scale * torch.eye(hidden_size))
-            self.rnn.bias_ih_l0.zero_()
-            self.rnn.bias_hh_l0.zero_()
+            for layer in range(self.num_layers):
+                self.weight("weight_hh", layer).copy_(identity_scale * torch.eye(hidden_size))
+                self.weight("bias_ih", layer).zero_()
+                self.weight("bias_hh", layer).zero_()
 
 
 class GRU(_FusedCell):
     """PyTorch's GRU: r, z gates; n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h."""
 
-    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused") -> None:
-        super().__init__(input_size, hidden_size, nn.GRU(input_size, hidden_size), impl)
+    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", num_layers: int = 1,
+                 dropout_between: float = 0.0, init: str = "default", init_range: float = 0.1) -> None:
+        module = nn.GRU(input_size, hidden_size, **_module_kwargs(num_layers, dropout_between))
+        super().__init__(input_size, hidden_size, module, impl, init, init_range)
 
-    def project_inputs(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.w_ih, self.rnn.bias_ih_l0)
+    def project_layer(self, x: Tensor, layer: int) -> Tensor:
+        return F.linear(x, self.weight("weight_ih", layer), self.weight("bias_ih", layer))
 
-    def step(self, gx: Tensor, state: State, ctx: Any) -> State:
+    def step_layer(self, gx: Tensor, state: State, layer: int) -> State:
         h = state[0]
-        gh = torch.addmm(self.rnn.bias_hh_l0, h, self.w_hh.t())
+        gh = torch.addmm(self.weight("bias_hh", layer), h, self.weight("weight_hh", layer).t())
         x_r, x_z, x_n = gx.chunk(3, 1)
         h_r, h_z, h_n = gh.chunk(3, 1)
         r = torch.sigmoid(x_r + h_r)
@@ -121,35 +198,35 @@ class GRU(_FusedCell):
         return (n + z * (h - n),)
 
     def redundant_parameters(self) -> int:
-        return 2 * self.hidden_size  # b_ir + b_hr and b_iz + b_hz; b_hn is inside r * (...)
+        return 2 * self.hidden_size * self.num_layers  # b_ir + b_hr and b_iz + b_hz; b_hn is inside r * (...)
 
 
 class LSTM(_FusedCell):
-    """PyTorch's LSTM (gate order i, f, g, o); state (h, c); forget-gate bias initialised to ``forget_bias``."""
+    """PyTorch's LSTM (gate order i, f, g, o); state (h, c) per layer; forget-gate bias initialised to
+    ``forget_bias`` in every layer (after ``init``)."""
 
     state_names = ("h", "c")
 
-    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", forget_bias: float = 1.0) -> None:
-        super().__init__(input_size, hidden_size, nn.LSTM(input_size, hidden_size), impl)
+    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", forget_bias: float = 1.0,
+                 num_layers: int = 1, dropout_between: float = 0.0, init: str = "default",
+                 init_range: float = 0.1) -> None:
+        module = nn.LSTM(input_size, hidden_size, **_module_kwargs(num_layers, dropout_between))
+        super().__init__(input_size, hidden_size, module, impl, init, init_range)
         n = hidden_size
         with torch.no_grad():
-            self.rnn.bias_ih_l0[n : 2 * n].fill_(forget_bias)
-            self.rnn.bias_hh_l0[n : 2 * n].zero_()
+            for layer in range(self.num_layers):
+                self.weight("bias_ih", layer)[n : 2 * n].fill_(forget_bias)
+                self.weight("bias_hh", layer)[n : 2 * n].zero_()
 
-    def _hx(self, state: State) -> Any:
-        return (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous())
+    def project_layer(self, x: Tensor, layer: int) -> Tensor:
+        return F.linear(x, self.weight("weight_ih", layer),
+                        self.weight("bias_ih", layer) + self.weight("bias_hh", layer))
 
-    def _state_from(self, hn: Any) -> State:
-        return (hn[0][0], hn[1][0])
-
-    def project_inputs(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.w_ih, self.rnn.bias_ih_l0 + self.rnn.bias_hh_l0)
-
-    def step(self, gx: Tensor, state: State, ctx: Any) -> State:
+    def step_layer(self, gx: Tensor, state: State, layer: int) -> State:
         h, c = state
-        i, f, g, o = torch.addmm(gx, h, self.w_hh.t()).chunk(4, 1)
+        i, f, g, o = torch.addmm(gx, h, self.weight("weight_hh", layer).t()).chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
     def redundant_parameters(self) -> int:
-        return 4 * self.hidden_size  # one bias vector per gate is free
+        return 4 * self.hidden_size * self.num_layers  # one bias vector per gate is free

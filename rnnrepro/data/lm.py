@@ -125,11 +125,18 @@ def batchify(stream: Tensor, batch_size: int) -> Tensor:
     return stream[: n_rows * batch_size].view(batch_size, n_rows).t().contiguous()
 
 
-def windows(source: Tensor, bptt: int, start: int = 0, reset_every: int | None = None) -> Iterator[dict]:
+def num_windows(rows: int, bptt: int, drop_last: bool = False) -> int:
+    """Windows over a batchified source of ``rows`` rows (``rows - 1`` targets per column)."""
+    return (rows - 1) // bptt if drop_last else -(-(rows - 1) // bptt)
+
+
+def windows(source: Tensor, bptt: int, start: int = 0, reset_every: int | None = None,
+            drop_last: bool = False) -> Iterator[dict]:
     """Consecutive windows of a batchified split as batches {"x": (B, L), "y": (B, L)}, batch-first. With
     ``reset_every=N`` each batch also carries ``reset`` (B, L): True where the input's row index in the batchified
-    source (its position in its column) is a multiple of N."""
-    for i in range(start * bptt, source.shape[0] - 1, bptt):
+    source (its position in its column) is a multiple of N. ``drop_last`` skips a final window shorter than bptt."""
+    for w in range(start, num_windows(source.shape[0], bptt, drop_last)):
+        i = w * bptt
         length = min(bptt, source.shape[0] - 1 - i)
         batch = {"x": source[i : i + length].t(), "y": source[i + 1 : i + 1 + length].t()}
         if reset_every is not None:
@@ -190,9 +197,10 @@ class PTBWord(SequenceDataModule):
         self.dictionary = Dictionary()
         tokens = self.read_splits()
         self.num_tokens = {k: v.numel() for k, v in tokens.items()}
+        test_columns = self._option("test_batch_size", None) or int(self.cfg.eval_batch_size)
         self.sources = {"train": batchify(tokens["train"], int(self.cfg.batch_size)),
                         "val": batchify(tokens["val"], int(self.cfg.eval_batch_size)),
-                        "test": batchify(tokens["test"], int(self.cfg.eval_batch_size))}
+                        "test": batchify(tokens["test"], int(test_columns))}
         vocab = len(self.dictionary)
         encoding = self._option("input_encoding", "embedding")
         self.spec = DataSpec(input_size=vocab if encoding == "one_hot" else int(self.cfg.embedding_size),
@@ -203,19 +211,24 @@ class PTBWord(SequenceDataModule):
         value = self.cfg.get(key, default)
         return getattr(value, "value", value)  # enums (typed configs) -> their string
 
+    def _drop_last(self, split: str) -> bool:
+        return split != "test" and bool(self._option("drop_last_window", False))
+
     def num_train_batches(self) -> int:
-        return -(-(self.sources["train"].shape[0] - 1) // self.bptt)
+        return num_windows(self.sources["train"].shape[0], self.bptt, self._drop_last("train"))
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
-        return windows(self.sources["train"], self.bptt, start_batch, self._option("train_reset_every", None))
+        return windows(self.sources["train"], self.bptt, start_batch, self._option("train_reset_every", None),
+                       self._drop_last("train"))
 
     def eval_batches(self, split: str) -> Iterator[dict]:
-        return windows(self.sources[split], self.bptt)
+        return windows(self.sources[split], self.bptt, drop_last=self._drop_last(split))
 
     def describe(self) -> dict:
         return {"name": self.cfg.name, "vocab_size": len(self.dictionary), "tokens": self.num_tokens,
                 "bptt": self.bptt, "batch_size": int(self.cfg.batch_size),
-                "eval_batch_size": int(self.cfg.eval_batch_size), "permutation_sha1": None,
+                "eval_batch_size": int(self.cfg.eval_batch_size), "test_batch_size": int(self.sources["test"].shape[1]),
+                "drop_last_window": bool(self._option("drop_last_window", False)), "permutation_sha1": None,
                 "sizes": {k: int(v.numel()) for k, v in self.sources.items()},
                 "input_encoding": self.spec.input_encoding,
                 "train_reset_every": self._option("train_reset_every", None)}

@@ -14,7 +14,7 @@ def build_optimizer(opt_cfg: Any, params: Iterable[torch.nn.Parameter]) -> torch
 
 
 class Schedule:
-    """none | step | linear, applied per optimizer step or per epoch (``scheduler.interval``).
+    """none | step | linear | decay_after, applied per optimizer step or per epoch (``scheduler.interval``).
 
     ``linear`` moves the target hyperparameter (lr, or weight_decay for SBO-RNN's linear weight-decay schedule) from
     start_factor to end_factor times its initial value over the run's total number of intervals.
@@ -33,6 +33,8 @@ class Schedule:
     def factor(self, count: int) -> float:
         if self.name == "step":
             return float(self.cfg.gamma) ** (count // int(self.cfg.step_size))
+        if self.name == "decay_after":
+            return float(self.cfg.gamma) ** max(0, count - int(self.cfg.after) + 1)
         if self.name == "linear":
             frac = min(count / self.total, 1.0)
             return float(self.cfg.start_factor) + frac * (float(self.cfg.end_factor) - float(self.cfg.start_factor))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,15 @@ class Progress:
     history: list = field(default_factory=list)
 
 
+def _duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 class Trainer:
     def __init__(self, cfg: Any, model: SequenceModel, data: SequenceDataModule, algorithm: GradientAlgorithm,
                  optimizer: torch.optim.Optimizer, schedule: Schedule, device: torch.device, output_dir: str,
@@ -59,6 +69,7 @@ class Trainer:
         self.eval_carry_state = algorithm.carry_state if carry_eval is None else bool(carry_eval)
         algorithm.should_stop = lambda: not self._budget_left()
         algorithm.want_step_losses = type(data).observe is not SequenceDataModule.observe
+        self._progress_clock = None  # (perf_counter, step, fraction) at the last progress line
         self.last_path = os.path.join(output_dir, "last.pt")
         self.best_path = os.path.join(output_dir, "best.pt")
 
@@ -157,6 +168,34 @@ class Trainer:
                  self.p.batch_in_epoch)
 
     # ------------------------------------------------------------------------------------------------- loop
+    def _budget_fraction(self, n_batches: int) -> float:
+        """How much of the budget is spent: the larger of the epoch and the step fractions."""
+        epochs = (self.p.epoch + self.p.batch_in_epoch / max(n_batches, 1)) / int(self.tcfg.max_epochs)
+        max_steps = self.tcfg.max_steps
+        return max(epochs, self.p.step / int(max_steps) if max_steps is not None else 0.0)
+
+    def _progress_line(self, n_batches: int, loss: float, terminal: bool) -> None:
+        """Off a terminal (log files, job schedulers) a line every trainer.log_every_s seconds: the tqdm bar's
+        information, plus steps per second and the time left."""
+        every = float(self.tcfg.log_every_s)
+        if terminal or every <= 0:
+            return
+        now, fraction = time.perf_counter(), self._budget_fraction(n_batches)
+        if self._progress_clock is None:
+            self._progress_clock = (now, self.p.step, fraction)
+            return
+        then, step_then, fraction_then = self._progress_clock
+        if now - then < every:
+            return
+        rate = (self.p.step - step_then) / (now - then)
+        speed = (fraction - fraction_then) / (now - then)
+        eta = (1 - fraction) / speed if speed > 0 else float("nan")
+        total = f"/{int(self.tcfg.max_steps)}" if self.tcfg.max_steps is not None else ""
+        log.info("step %d%s | epoch %d/%d batch %d/%d | loss %.4f | %.2f steps/s | %.0f%% | ETA %s", self.p.step,
+                 total, self.p.epoch + 1, int(self.tcfg.max_epochs), self.p.batch_in_epoch, n_batches, loss, rate,
+                 100 * fraction, _duration(eta))
+        self._progress_clock = (now, self.p.step, fraction)
+
     def _budget_left(self) -> bool:
         max_steps = self.tcfg.max_steps
         return self.p.epoch < int(self.tcfg.max_epochs) and (max_steps is None or self.p.step < int(max_steps))
@@ -166,13 +205,14 @@ class Trainer:
         status, error = "completed", None
         eval_every = self.tcfg.eval_every_n_steps
         n_batches = self.data.num_train_batches()
+        show_bar = bool(self.tcfg.progress_bar) and sys.stderr.isatty()
         self.model.train()
         try:
             while self._budget_left():
                 if self.p.batch_in_epoch == 0 and not self.data.continuous_stream:
                     self.algorithm.reset()
                 bar = tqdm(total=n_batches, initial=self.p.batch_in_epoch, desc=f"epoch {self.p.epoch}",
-                           leave=False, disable=None if self.tcfg.progress_bar else True, dynamic_ncols=True)
+                           leave=False, disable=not show_bar, dynamic_ncols=True)
                 for batch in self.data.train_batches(self.p.epoch, self.p.batch_in_epoch):
                     step_before = self.p.step
                     loss = self.algorithm.train_batch(self._to_device(batch), self._update)
@@ -186,6 +226,7 @@ class Trainer:
                     self.p.batch_in_epoch += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    self._progress_line(n_batches, loss, show_bar)
                     # online algorithms take many optimizer steps per batch: evaluate when a multiple is crossed
                     if eval_every is not None and self.p.step // int(eval_every) > step_before // int(eval_every):
                         self._validate_and_checkpoint()
