@@ -131,6 +131,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "val_last": _metric(tests["val_last"], task.metric),
         "test_at_best_val_all": tests["test_at_best_val"], "test_last_all": tests["test_last"],
         "train_extras": trainer.data.train_extras(),  # e.g. the curriculum T reached (string_memo)
+        # paper-code protocol (trainer.report_best_test): the best test value over evaluations, never used to select
+        "best_test_over_evals": trainer.p.best_test_over_evals, "best_test_step": trainer.p.best_test_step,
+        "optimizer_switch": getattr(optimizer, "switched_at_validation", None),  # NT-ASGD: validation of the switch
     })
     _finish(summary, trainer, output_dir)
     log.info("%s: best val %s %s | test at best val %s | test last %s | %.0f s", summary["status"], task.metric,
@@ -139,7 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _finish(summary: dict, trainer: Trainer, output_dir: str) -> None:
-    epochs = trainer.p.epoch + trainer.p.batch_in_epoch / max(trainer.data.num_train_batches(), 1)
+    epochs = trainer.p.epoch + trainer.p.batch_in_epoch / max(trainer.data.num_train_batches(trainer.p.epoch), 1)
     summary.update({"steps": trainer.p.step, "time_steps": trainer.p.time_steps, "epochs": round(epochs, 4),
                     "wall_time_s": round(trainer._elapsed(), 3),
                     "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})

@@ -18,20 +18,75 @@ Every dropout is inactive in ``model.eval()``.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
+from enum import Enum
 
 import hydra.utils
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from rnnrepro.cells.base import RecurrentCell, State
 from rnnrepro.data.base import DataSpec
+from rnnrepro.schema import positive, require
 from rnnrepro.tasks import Task
 
 # Keys of the model config consumed here, not by the cell's constructor.
-SEQUENCE_MODEL_KEYS = ("num_layers", "dropout", "tie_weights", "embedding_init", "head_init", "init_range")
+SEQUENCE_MODEL_KEYS = ("num_layers", "dropout", "tie_weights", "embedding_init", "head_init", "init_range",
+                       "ar_alpha", "tar_beta")
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class LayerInit(str, Enum):
+    default = "default"  # torch's own init of nn.Embedding / nn.Linear
+    uniform = "uniform"  # weight and bias U(-init_range, init_range) (TF PTB tutorial: every variable)
+    uniform_weight = "uniform_weight"  # weight U(-init_range, init_range), bias 0 (pytorch/examples decoder)
+
+
+@dataclass
+class DropoutConfig:
+    """The dropout family (all off by default, all inactive in eval; rnnrepro/models.py)."""
+
+    input: float = 0.0  # on the encoder output (pytorch/examples dropout on the embedding; awd dropouti)
+    between: float = 0.0  # between stacked layers (torch's module dropout; awd dropouth)
+    output: float = 0.0  # on the last layer's output, before the head (awd dropout)
+    embedding: float = 0.0  # word-level: whole embedding rows zeroed (awd dropoute)
+    weight: float = 0.0  # DropConnect on the recurrent matrices (awd wdrop)
+    locked: bool = False  # input/between/output: one mask per sequence, shared across time steps (awd)
+
+    def __post_init__(self) -> None:
+        for key in ("input", "between", "output", "embedding", "weight"):
+            value = getattr(self, key)
+            require(0 <= value < 1, f"model.dropout.{key}", f"must be in [0, 1), got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """Keys every model has: the cell's size and the sequence-model recipe around it (rnnrepro/models.py)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    hidden_size: int = 128
+    num_layers: int = 1  # stacked layers; torch's fused multi-layer module where the cell has one
+    dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    tie_weights: bool = False  # head weight = embedding weight (needs data.embedding_size == hidden_size)
+    embedding_init: LayerInit = LayerInit.default
+    head_init: LayerInit = LayerInit.default
+    init_range: float = 0.1  # the bound of every "uniform" init (embedding, head, and the classic cells' init)
+    # AWD regularisers (Merity et al. 2018), per-step tasks only: AR adds ar_alpha * mean(o_t^2) over the last layer's
+    # dropped outputs, TAR adds tar_beta * mean((h_t - h_{t-1})^2) over its undropped outputs within the window
+    ar_alpha: float = 0.0
+    tar_beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {self.hidden_size}")
+        require(self.num_layers >= 1, "model.num_layers", f"must be >= 1, got {self.num_layers}")
+        positive(self.init_range, "model.init_range")
+        require(self.ar_alpha >= 0 and self.tar_beta >= 0, "model.ar_alpha/tar_beta", "must be >= 0")
+        require(self.num_layers > 1 or self.dropout.between == 0, "model.dropout.between",
+                 "acts between layers, but model.num_layers=1; set model.num_layers>=2 or model.dropout.between=0")
 
 
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -98,7 +153,7 @@ class StackedCell(RecurrentCell):
 
 class SequenceModel(nn.Module):
     def __init__(self, cell: RecurrentCell, head: nn.Module, task: Task, encoder: nn.Module | None = None,
-                 dropout: dict | None = None) -> None:
+                 dropout: dict | None = None, ar_alpha: float = 0.0, tar_beta: float = 0.0) -> None:
         super().__init__()
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.cell, self.head, self.task = cell, head, task
@@ -106,6 +161,11 @@ class SequenceModel(nn.Module):
         self.p_input, self.p_output = float(d.get("input", 0.0)), float(d.get("output", 0.0))
         self.p_embedding, self.p_weight = float(d.get("embedding", 0.0)), float(d.get("weight", 0.0))
         self.locked = bool(d.get("locked", False))
+        self.ar_alpha, self.tar_beta = float(ar_alpha), float(tar_beta)
+        if (self.ar_alpha or self.tar_beta) and not task.sequence_output:
+            raise ValueError("model.ar_alpha / model.tar_beta act on every step's output; this task reads only the "
+                             "last state. Set both to 0")
+        self.penalty: Tensor | None = None  # AR + TAR of the last training forward, taken by the algorithm
         self.dropped_weights = cell.recurrent_weight_names() if self.p_weight > 0 else []
         if self.p_weight > 0 and not self.dropped_weights:
             raise ValueError(f"model.dropout.weight: {type(cell).__name__} declares no recurrent weights to drop "
@@ -151,7 +211,12 @@ class SequenceModel(nn.Module):
                 outs.append(out)
             out = torch.cat(outs, 0) if seq else outs[-1]
         if seq:
-            out = self._dropout(out, self.p_output)
+            raw, out = out, self._dropout(out, self.p_output)
+            if self.training and (self.ar_alpha or self.tar_beta):
+                penalty = self.ar_alpha * out.pow(2).mean()
+                if raw.shape[0] > 1:
+                    penalty = penalty + self.tar_beta * (raw[1:] - raw[:-1]).pow(2).mean()
+                self.penalty = penalty
         elif self.p_output > 0:
             out = F.dropout(out, self.p_output, self.training)
         return out, state
@@ -161,6 +226,11 @@ class SequenceModel(nn.Module):
         out, state = self.features(x, state, reset)
         out = self.head(out)
         return (out.transpose(0, 1) if self.task.sequence_output else out), state
+
+    def take_penalty(self) -> Tensor | float:
+        """The AR/TAR penalty of the last training forward (0 without regularisers); cleared once taken."""
+        penalty, self.penalty = self.penalty, None
+        return 0.0 if penalty is None else penalty
 
     def after_optimizer_step(self) -> None:
         """Hook for constrained weights (e.g. projections of stable models), called after every optimizer step."""
@@ -268,7 +338,8 @@ def build_model(model_cfg: DictConfig, spec: DataSpec, task: Task) -> SequenceMo
         head.weight = encoder.weight  # one Parameter, shared storage
     dropout = OmegaConf.to_container(model_cfg.dropout) if isinstance(model_cfg.get("dropout"), DictConfig) \
         else dict(model_cfg.get("dropout") or {})
-    return SequenceModel(cell, head, task, encoder, dropout=dropout)
+    return SequenceModel(cell, head, task, encoder, dropout=dropout, ar_alpha=float(model_cfg.get("ar_alpha", 0.0)),
+                         tar_beta=float(model_cfg.get("tar_beta", 0.0)))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

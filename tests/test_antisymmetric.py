@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import assert_fused_matches_runner_float32, backward_node_counts
-from rnnrepro.cells.antisymmetric import AntisymmetricRNN, AntisymSequence
-from rnnrepro.config import AntisymConfig, LSTMConfig
+from rnnrepro.cells.antisymmetric import AntisymConfig, AntisymmetricRNN, AntisymSequence
+from rnnrepro.cells.classic import LSTMConfig
 from rnnrepro.data.base import DataSpec
 from rnnrepro.models import build_model, count_parameters
 from rnnrepro.tasks import TaskType, build_task

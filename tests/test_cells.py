@@ -15,11 +15,10 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import backward_node_counts
-from rnnrepro.cells.antisymmetric import AntisymmetricRNN
+from rnnrepro.cells.antisymmetric import AntisymConfig, AntisymmetricRNN
 from rnnrepro.cells.base import RecurrentCell
-from rnnrepro.cells.classic import GRU, IRNN, LSTM, TanhRNN
-from rnnrepro.cells.sbo import SBORNN
-from rnnrepro.config import AntisymConfig, GRUConfig, LSTMConfig, SBOConfig
+from rnnrepro.cells.classic import GRU, IRNN, LSTM, GRUConfig, LSTMConfig, TanhRNN
+from rnnrepro.cells.sbo import SBORNN, SBOConfig
 from rnnrepro.data.base import DataSpec
 from rnnrepro.models import SequenceModel, build_model, count_parameters
 from rnnrepro.tasks import TaskType, build_task

@@ -27,12 +27,12 @@ from torch.func import functional_call
 from rnnrepro.api import run
 from rnnrepro.cells.classic import LSTM, TanhRNN
 from rnnrepro.cells.rhn import RHN
-from rnnrepro.config import AlgorithmConfig, AlgorithmName, ConfigError, TBPTTConfig, validate
+from rnnrepro.config import ConfigError, validate
 from rnnrepro.models import SequenceModel
 from rnnrepro.online.influence import KFRTRL, OK, UORO, AutogradRTRL, ExactKronecker
 from rnnrepro.online.opt import mixed_count, opt_coefficients
 from rnnrepro.tasks import TaskType, build_task
-from rnnrepro.training.algorithms import build_algorithm
+from rnnrepro.training.algorithms import AlgorithmConfig, AlgorithmName, TBPTTConfig, build_algorithm
 
 DT = torch.float64
 M, N, T, B = 4, 4, 10, 3  # input size, hidden size, sequence length, batch

@@ -118,3 +118,48 @@ def test_cells_can_measure_validation_or_a_training_extra():
     assert curriculum["mean_test_at_best_val"] == pytest.approx(10.0) and "curriculum T" in curriculum["notes"]
     with pytest.raises(ValueError, match="measured"):
         summarise_cell(pd.Series({**base, "measured": "best_test"}), runs)
+
+
+def test_reproduce_tables_decides_reuse_from_the_resolved_config_and_never_deletes(tmp_path, mnist_root,
+                                                                                     monkeypatch):
+    """An override that changes nothing the run computes (data.root spelled differently, threads) reuses the run; a
+    real change moves the finished run aside, intact, and trains a new one."""
+    import scripts.reproduce_tables as rt
+
+    results = tmp_path / "results"
+    (results / "expected").mkdir(parents=True)
+    pd.read_csv(REPO / "results" / "expected" / "sbo_rnn.csv").head(1).to_csv(results / "expected" / "sbo_rnn.csv",
+                                                                              index=False)
+    monkeypatch.setattr(rt, "RESULTS", results)
+    monkeypatch.setattr(rt, "SMOKE_SEEDS", 1)
+    runs = tmp_path / "runs"
+    base = ["data.download=false", "model.hidden_size=8", "data.pixels_per_step=28", "trainer.device=cpu"]
+    argv = ["--tier", "smoke", "--paper", "sbo_rnn", "--runs-dir", str(runs)]
+    assert rt.main([*argv, f"data.root={mnist_root}", *base]) == 0
+    (run_dir,) = [p.parent for p in runs.rglob("summary.json")]
+    first = (run_dir / "summary.json").read_text()
+    # same computation, other override strings: reused, nothing rewritten
+    assert rt.main([*argv, f"data.root={mnist_root}/", *base, "trainer.num_threads=1"]) == 0
+    assert (run_dir / "summary.json").read_text() == first
+    # a changed hyperparameter: the finished run is set aside intact, a new one is trained in its place
+    assert rt.main([*argv, f"data.root={mnist_root}", *base, "optimizer.lr=0.05"]) == 0
+    (moved,) = [p for p in run_dir.parent.iterdir() if ".superseded-" in p.name]
+    assert (moved / "summary.json").read_text() == first
+    assert {(moved / n).exists() for n in ("metrics.csv", "last.pt", "best.pt", "config.yaml")} == {True}
+    assert json.loads((run_dir / "summary.json").read_text())["started_at"] >= json.loads(first)["started_at"]
+    assert "0.05" in (run_dir / "config.yaml").read_text()
+
+
+def test_a_key_added_after_a_run_matches_when_the_request_holds_its_default(compose_cfg):
+    from omegaconf import OmegaConf
+
+    import scripts.reproduce_tables as rt
+
+    cfg = compose_cfg("model=lstm")
+    saved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    del saved["model"]["dropout"]  # as if the run predates the dropout keys
+    assert rt.config_differences(cfg, saved) == []
+    changed = compose_cfg("model=lstm", "model.num_layers=2", "model.dropout.between=0.5")
+    diffs = rt.config_differences(changed, saved)
+    assert any(d.startswith("model.dropout.between: the run predates") for d in diffs)
+    assert any(d.startswith("model.num_layers: the run had 1") for d in diffs)

@@ -13,8 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import assert_fused_matches_runner_float32, backward_node_counts
-from rnnrepro.cells.sbo import SBORNN, SBOSequence, _sbo_forward
-from rnnrepro.config import SBOConfig
+from rnnrepro.cells.sbo import SBORNN, SBOConfig, SBOSequence, _sbo_forward
 from rnnrepro.data.base import DataSpec
 from rnnrepro.models import build_model, count_parameters
 from rnnrepro.tasks import TaskType, build_task

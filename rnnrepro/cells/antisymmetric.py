@@ -15,6 +15,8 @@ gradients (tests/test_antisymmetric.py).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -22,7 +24,48 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from rnnrepro.cells.base import RecurrentCell, State
+from rnnrepro.cells.base import CellImpl, RecurrentCell, State
+from rnnrepro.models import ModelConfig
+from rnnrepro.schema import positive, register_schema, require
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class AntisymParam(str, Enum):
+    triu = "triu"
+    full = "full"
+
+
+class AntisymInitOn(str, Enum):
+    antisym = "antisym"
+    free_W = "free_W"
+
+
+class InitScale(str, Enum):
+    variance = "variance"
+    std_bug = "std_bug"
+
+
+@register_schema("model", "antisym")
+@dataclass
+class AntisymConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.antisymmetric.AntisymmetricRNN"
+    name: str = "antisym"
+    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
+    eps: float = 0.01
+    gamma: float = 0.01
+    sigma_w: float = 1.0
+    gated: bool = False
+    param: AntisymParam = AntisymParam.triu
+    init_on: AntisymInitOn = AntisymInitOn.antisym
+    init_scale: InitScale = InitScale.variance
+    gate_bias_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.eps, "model.eps")
+        require(self.gamma >= 0, "model.gamma", f"must be >= 0, got {self.gamma} (gamma = 0 diverges under forward "
+                 "Euler, Proposition 2; the paper's grid is 0.001..1)")
+        require(self.sigma_w >= 0, "model.sigma_w", f"must be >= 0, got {self.sigma_w}")
 
 
 # ------------------------------------------------------------------------------------------------- fused sequence

@@ -8,12 +8,21 @@ backward quadratic in T (73x slower at T=784, shared/design/performance.md).
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 State = tuple[Tensor, ...]
+
+
+class CellImpl(str, Enum):
+    """``model.impl``: fused (a whole-sequence kernel: torch's fused module or a hand-written Function) or cell
+    (the shared step-by-step runner)."""
+
+    fused = "fused"
+    cell = "cell"
 
 
 class RecurrentCell(nn.Module):

@@ -8,13 +8,60 @@ same function (tests/test_cells.py checks it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnrepro.cells.base import KroneckerCell, KroneckerStep, RecurrentCell, State, add_grad
+from rnnrepro.cells.base import CellImpl, KroneckerCell, KroneckerStep, RecurrentCell, State, add_grad
+from rnnrepro.models import ModelConfig
+from rnnrepro.schema import register_schema
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class CellInit(str, Enum):
+    default = "default"  # torch's nn.RNN / nn.GRU / nn.LSTM init, U(-1/sqrt(n), 1/sqrt(n))
+    uniform = "uniform"  # weights U(-model.init_range, model.init_range), biases 0 (TF BasicLSTMCell)
+
+
+@register_schema("model", "rnn")
+@dataclass
+class RNNConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.TanhRNN"
+    name: str = "rnn"
+    impl: CellImpl = CellImpl.fused
+    init: CellInit = CellInit.default
+
+
+@register_schema("model", "irnn")
+@dataclass
+class IRNNConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.IRNN"
+    name: str = "irnn"
+    impl: CellImpl = CellImpl.fused
+    identity_scale: float = 1.0
+
+
+@register_schema("model", "gru")
+@dataclass
+class GRUConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.GRU"
+    name: str = "gru"
+    impl: CellImpl = CellImpl.fused
+    init: CellInit = CellInit.default
+
+
+@register_schema("model", "lstm")
+@dataclass
+class LSTMConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.classic.LSTM"
+    name: str = "lstm"
+    impl: CellImpl = CellImpl.fused
+    init: CellInit = CellInit.default
+    forget_bias: float = 1.0
 
 
 class _FusedCell(RecurrentCell):

@@ -14,14 +14,40 @@ online algorithms (UORO, KF-RTRL, OK) exploit. Initialisation as the OK code: W 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from rnnrepro.cells.base import KroneckerCell, KroneckerStep, RecurrentCell, State, add_grad
+from rnnrepro.models import ModelConfig
+from rnnrepro.schema import positive, register_schema, require
 
 CANDIDATES = ("two_sigmoid_minus_one", "tanh")
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class RHNCandidate(str, Enum):
+    two_sigmoid_minus_one = "two_sigmoid_minus_one"  # the OK code: 2 sigmoid(z) - 1 = tanh(z / 2)
+    tanh = "tanh"
+
+
+@register_schema("model", "rhn")
+@dataclass
+class RHNConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.rhn.RHN"
+    name: str = "rhn"
+    candidate: RHNCandidate = RHNCandidate.two_sigmoid_minus_one
+    init_std: float = 0.01
+    readout_init_std: float | None = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.init_std, "model.init_std")
+        require(self.readout_init_std is None or self.readout_init_std > 0, "model.readout_init_std",
+                 f"must be > 0 or null, got {self.readout_init_std}")
 
 
 class RHN(RecurrentCell, KroneckerCell):

@@ -23,6 +23,8 @@ runner, whose autograd graph records every step. Both compute the same function 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -30,7 +32,51 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from rnnrepro.cells.base import RecurrentCell, State
+from rnnrepro.cells.base import CellImpl, RecurrentCell, State
+from rnnrepro.models import ModelConfig
+from rnnrepro.schema import positive, register_schema, require
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class SBOSolver(str, Enum):
+    sgd = "sgd"
+    shb = "shb"
+    snag = "snag"
+
+
+class SBORecurrent(str, Enum):
+    dense_lowrank = "dense_lowrank"
+    sparse = "sparse"
+    full = "full"
+    diagonal = "diagonal"
+
+
+class SBOGradImpl(str, Enum):
+    elementwise = "elementwise"
+    dense_diag = "dense_diag"
+
+
+@register_schema("model", "sbo")
+@dataclass
+class SBOConfig(ModelConfig):
+    _target_: str = "rnnrepro.cells.sbo.SBORNN"
+    name: str = "sbo"
+    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
+    solver: SBOSolver = SBOSolver.sgd
+    recurrent: SBORecurrent = SBORecurrent.dense_lowrank
+    rank: int = 50
+    eta: float = 1e-3
+    mu: float = 0.5
+    learn_mu: bool = True
+    alpha: float = 1.0
+    train_recurrent: bool = True
+    grad_impl: SBOGradImpl = SBOGradImpl.elementwise
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self.eta, "model.eta")
+        positive(self.alpha, "model.alpha")
+        require(self.rank >= 1, "model.rank", f"must be >= 1, got {self.rank}")
 
 
 def _value(x: Any) -> str:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData
+from rnnrepro.data.base import DataConfig, DataNotFoundError, DataSpec, InMemorySequenceData
 from rnnrepro.data.lm import ChecksumError, md5sum
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 ATIS_MD5 = {0: "baf0182e5f8b213d5d1e9048273e0e80", 1: "9ab4ace4cec86e755fbe616ecda71c51",
@@ -24,6 +26,22 @@ ATIS_MD5 = {0: "baf0182e5f8b213d5d1e9048273e0e80", 1: "9ab4ace4cec86e755fbe616ec
             4: "af61e793b8b44c807f58523049630dc6"}
 ATIS_MIRRORS = ["http://lisaweb.iro.umontreal.ca/transfert/lisa/users/mesnilgr/atis/",
                 "https://s3-eu-west-1.amazonaws.com/atis/"]
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+@register_schema("data", "atis")
+@dataclass
+class ATISDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.atis.ATIS"
+    name: str = "atis"
+    fold: int = 0
+    embedding_size: int = 128
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.fold in range(5), "data.fold", f"must be 0, 1, 2, 3 or 4, got {self.fold}")
+        require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
 
 
 def atis_file(folder: str, fold: int, download: bool, verify: bool) -> str:

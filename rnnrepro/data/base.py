@@ -30,10 +30,54 @@ from typing import Any
 import hydra.utils
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rnnrepro.schema import require
 from rnnrepro.tasks import TaskType
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = True
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    split_seed: int = 0  # task randomness (validation split, generated sets), independent of the run seed
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class SplitDataConfig(DataConfig):
+    """A dataset whose validation set is carved from its official training set."""
+
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class GeneratedDataConfig(DataConfig):
+    """A generated task: fixed, seeded train / validation / test sets (seeded by data.split_seed)."""
+
+    n_train: int = 100_000
+    n_val: int = 10_000
+    n_test: int = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("n_train", "n_val", "n_test"):
+            require(getattr(self, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -77,7 +121,7 @@ class SequenceDataModule:
     def setup(self) -> None:
         raise NotImplementedError
 
-    def num_train_batches(self) -> int:
+    def num_train_batches(self, epoch: int = 0) -> int:
         raise NotImplementedError
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
@@ -166,7 +210,7 @@ class InMemorySequenceData(SequenceDataModule):
                           num_workers=workers, worker_init_fn=_seed_worker if workers else None,
                           generator=torch.Generator().manual_seed(seed))
 
-    def num_train_batches(self) -> int:
+    def num_train_batches(self, epoch: int = 0) -> int:
         return -(-len(self.splits["train"]) // int(self.cfg.batch_size))
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:

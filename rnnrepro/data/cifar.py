@@ -19,17 +19,56 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
 from torch import Tensor
 from torchvision.datasets import CIFAR10
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData, epoch_seed, split_train_val
+from rnnrepro.data.base import (
+    DataNotFoundError,
+    DataSpec,
+    InMemorySequenceData,
+    SplitDataConfig,
+    epoch_seed,
+    split_train_val,
+)
 from rnnrepro.data.lm import ChecksumError, md5sum
+from rnnrepro.schema import register_schema
 from rnnrepro.tasks import TaskType
 
 NOISE_STEPS, ROWS = 968, 32
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class CIFARNormalize(str, Enum):
+    channel_mean_std = "channel_mean_std"
+    none = "none"
+
+
+class NoiseMode(str, Enum):
+    fresh = "fresh"
+    fixed_once = "fixed_once"
+
+
+@register_schema("data", "cifar")
+@dataclass
+class CIFARDataConfig(SplitDataConfig):
+    _target_: str = "rnnrepro.data.cifar.PixelCIFAR10"
+    name: str = "pcifar10"
+    val_fraction: float = 0.1
+    normalize: CIFARNormalize = CIFARNormalize.channel_mean_std
+    verify_checksums: bool = True
+
+
+@register_schema("data", "noisy_cifar")
+@dataclass
+class NoisyCIFARDataConfig(CIFARDataConfig):
+    _target_: str = "rnnrepro.data.cifar.NoisyCIFAR10"
+    name: str = "npcifar10"
+    noise: NoiseMode = NoiseMode.fresh
 
 
 def cifar_files(root: str) -> dict[str, str]:

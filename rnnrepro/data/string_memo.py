@@ -46,18 +46,77 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnrepro.data.base import DataSpec, SequenceDataModule
+from rnnrepro.data.base import DataConfig, DataSpec, SequenceDataModule
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 BIT_SYMBOLS, MARKER, BLANK, VOCAB = 2, 2, 3, 4
 _STREAM_TAG = 0x4F4B5354  # separates the training-stream seed from other uses of the run seed
 _EVAL_SPLITS = {"val": 1, "test": 2}
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class CurriculumMetric(str, Enum):
+    all_positions = "all_positions"
+    recall_positions = "recall_positions"
+
+
+class LossPositions(str, Enum):
+    all = "all"
+    recall = "recall"
+
+
+@dataclass
+class CurriculumConfig:
+    """String-memorisation curriculum (OK code): an EMA of the per-step cross-entropy in bits; when a stream starts a
+    new sequence and the EMA is below threshold_bits, T += 1 and the EMA is set to ema_reset."""
+
+    ema_decay: float = 0.999
+    ema_init: float = 1.0  # -log2(0.5)
+    threshold_bits: float = 0.15  # 0 disables the curriculum (T stays at initial_T)
+    ema_reset: float = 0.3
+    metric: CurriculumMetric = CurriculumMetric.all_positions  # recall_positions: harness option, not in the OK code
+
+    def __post_init__(self) -> None:
+        require(0 < self.ema_decay < 1, "data.curriculum.ema_decay", f"must be in (0, 1), got {self.ema_decay}")
+        for key in ("ema_init", "threshold_bits", "ema_reset"):
+            require(getattr(self, key) >= 0, f"data.curriculum.{key}", f"must be >= 0, got {getattr(self, key)}")
+
+
+@register_schema("data", "string_memo")
+@dataclass
+class StringMemoDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.string_memo.StringMemo"
+    name: str = "string_memo"
+    batch_size: int = 16  # independent streams
+    eval_batch_size: int = 256
+    chunk_len: int = 1  # steps per training batch; 1 = the OK code's order (curriculum sees every step's loss)
+    steps_per_epoch: int = 1000  # an "epoch" is a logging unit of the infinite stream
+    len_jitter: int = 4  # T_seq = max(1, T - U), U ~ uniform{0..len_jitter}; 4 = OK code, 5 = seed summary
+    initial_T: int = 1
+    echo_marker: bool = True  # the output phase reproduces the start marker, then the bits (OK code)
+    loss_positions: LossPositions = LossPositions.all  # recall: mask = output phase only
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    n_val: int = 256  # evaluation sequences of exactly the current T
+    n_test: int = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.chunk_len >= 1, "data.chunk_len", f"must be >= 1, got {self.chunk_len}")
+        require(self.steps_per_epoch >= self.chunk_len, "data.steps_per_epoch",
+                 f"must be >= data.chunk_len ({self.chunk_len}), got {self.steps_per_epoch}")
+        require(self.len_jitter >= 0, "data.len_jitter", f"must be >= 0, got {self.len_jitter}")
+        require(self.initial_T >= 1, "data.initial_T", f"must be >= 1, got {self.initial_T}")
+        for key in ("n_val", "n_test"):
+            require(getattr(self, key) >= 1, f"data.{key}", f"must be >= 1, got {getattr(self, key)}")
 
 
 def _value(x):
@@ -162,7 +221,7 @@ class StringMemo(SequenceDataModule):
         return batch
 
     # ------------------------------------------------------------------------------------------ data interface
-    def num_train_batches(self) -> int:
+    def num_train_batches(self, epoch: int = 0) -> int:
         return int(self.cfg.steps_per_epoch) // self.chunk_len
 
     def train_batches(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:

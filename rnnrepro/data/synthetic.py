@@ -16,13 +16,50 @@ cross-entropy 10 ln(8) / (lag + 20) per step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+
 import torch
 from torch import Tensor
 
-from rnnrepro.data.base import DataSpec, InMemorySequenceData
+from rnnrepro.data.base import DataSpec, GeneratedDataConfig, InMemorySequenceData
+from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
 COPY_SYMBOLS, COPY_LENGTH, BLANK, DELIMITER = 8, 10, 0, 9
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class AddingMarkers(str, Enum):
+    halves = "halves"
+    uniform = "uniform"
+
+
+@register_schema("data", "adding")
+@dataclass
+class AddingDataConfig(GeneratedDataConfig):
+    _target_: str = "rnnrepro.data.synthetic.AddingProblem"
+    name: str = "adding"
+    seq_len: int = 100
+    markers: AddingMarkers = AddingMarkers.halves
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+
+
+@register_schema("data", "copy_memory")
+@dataclass
+class CopyMemoryDataConfig(GeneratedDataConfig):
+    _target_: str = "rnnrepro.data.synthetic.CopyMemory"
+    name: str = "copy_memory"
+    lag: int = 100
+    metric: str = "loss"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.lag >= 1, "data.lag", f"must be >= 1, got {self.lag}")
+        require(self.metric in ("loss", "acc"), "data.metric", f"must be loss or acc, got {self.metric!r}")
 
 
 def adding_problem(n: int, length: int, markers: str, generator: torch.Generator) -> tuple[Tensor, Tensor]:

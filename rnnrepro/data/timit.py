@@ -14,14 +14,25 @@ code's naming swap (its "test" split is urnn's 400-utterance dev set, its "val" 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData
+from rnnrepro.data.base import DataConfig, DataNotFoundError, DataSpec, InMemorySequenceData
+from rnnrepro.schema import register_schema
 from rnnrepro.tasks import TaskType
 
 BINS = 129
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+@register_schema("data", "timit")
+@dataclass
+class TIMITDataConfig(DataConfig):
+    _target_: str = "rnnrepro.data.timit.TIMIT"
+    name: str = "timit"
+    swap_val_test: bool = False
 
 
 def load_timit_split(path: str) -> tuple[Tensor, Tensor]:

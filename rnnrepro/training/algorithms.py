@@ -14,14 +14,84 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from rnnrepro.config import ConfigError
 from rnnrepro.models import SequenceModel
 from rnnrepro.online.influence import build_estimator
+from rnnrepro.schema import ConfigError, positive, register_schema, require
+
+
+# ------------------------------------------------------------------------------------------------- config schema
+class AlgorithmName(str, Enum):
+    bptt = "bptt"
+    tbptt = "tbptt"
+    rtrl = "rtrl"
+    uoro = "uoro"
+    kf_rtrl = "kf_rtrl"
+    ok = "ok"
+
+
+class OKSplit(str, Enum):
+    symmetric = "symmetric"  # a^(-1/2) s_j w_k[j] on both sides: the minimum variance S^2/(m-1) - sum d^2
+    official = "official"  # the OK code's split (u-side / sqrt(d_j), A-side * sqrt(d_j)): unbiased, more variance
+
+
+class RTRLJacobians(str, Enum):
+    auto = "auto"  # the Kronecker form (h_hat, D, H) when the cell has one, else autograd
+    kronecker = "kronecker"
+    autograd = "autograd"  # per-sample Jacobians of any cell via torch.func; O(n^4) time, small n only
+
+
+@dataclass
+class TBPTTConfig:
+    truncation: int = 25  # k: backpropagate through windows of k steps, one update per window
+
+    def __post_init__(self) -> None:
+        require(self.truncation >= 1, "algorithm.tbptt.truncation", f"must be >= 1, got {self.truncation}")
+
+
+@dataclass
+class OKConfig:
+    rank: int = 16  # r Kronecker terms (OK paper: 16 on the copy task, 8 on CHAR-PTB)
+    split: OKSplit = OKSplit.symmetric
+    rebalance: bool = True  # u_k <- g u_k, A_k <- A_k / g with g = sqrt(|A_k| / |u_k|) (the OK code, for stability)
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "algorithm.ok.rank", f"must be >= 1, got {self.rank}")
+
+
+@dataclass
+class UOROConfig:
+    eps: float = 1e-7  # added inside the rho ratios so zero-initialised factors give no 0/0
+
+    def __post_init__(self) -> None:
+        positive(self.eps, "algorithm.uoro.eps")
+
+
+@register_schema("", "algorithm")
+@dataclass
+class AlgorithmConfig:
+    name: AlgorithmName = AlgorithmName.bptt
+    # Online algorithms (rtrl, uoro, kf_rtrl, ok): apply the accumulated gradient every N time steps (1 = fully
+    # online, as the OK paper). Each step's loss is scaled by 1/N, so an update applies the mean over its N steps.
+    update_every: int = 1
+    # Clip the recurrent cell's gradient alone to this L2 norm (the OK code clips W, 1.0 copy / 100 PTB, and leaves
+    # the readout unclipped); trainer.grad_clip clips all parameters together. Works with every algorithm.
+    clip_cell: float | None = None
+    tbptt: TBPTTConfig = field(default_factory=TBPTTConfig)
+    ok: OKConfig = field(default_factory=OKConfig)
+    uoro: UOROConfig = field(default_factory=UOROConfig)
+    rtrl_jacobians: RTRLJacobians = RTRLJacobians.auto
+
+    def __post_init__(self) -> None:
+        require(self.update_every >= 1, "algorithm.update_every", f"must be >= 1, got {self.update_every}")
+        require(self.clip_cell is None or self.clip_cell > 0, "algorithm.clip_cell",
+                 f"must be > 0 or null, got {self.clip_cell}")
 
 
 class Diverged(RuntimeError):
@@ -84,7 +154,7 @@ class BPTT(GradientAlgorithm):
             self.state = tuple(s.detach() for s in state)
         loss = self.model.task.loss(out, batch)
         value = check_finite(loss)
-        loss.backward()
+        (loss + self.model.take_penalty()).backward()
         self._record_step_losses(out, batch)
         self.apply_update(update)
         return value
@@ -113,7 +183,7 @@ class TBPTT(GradientAlgorithm):
             out, state = self.model(window["x"], state, reset=window.get("reset"))
             loss = task.loss(out, loss_batch)
             values.append(check_finite(loss))
-            loss.backward()
+            (loss + self.model.take_penalty()).backward()
             if self.want_step_losses:
                 step_losses.append(task.step_losses(out.detach(), window))
             state = tuple(s.detach() for s in state)

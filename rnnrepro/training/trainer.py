@@ -8,6 +8,7 @@ The test set never influences training or selection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -37,6 +38,8 @@ class Progress:
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
     best_val: float | None = None
     best_step: int | None = None
+    best_test_over_evals: float | None = None  # trainer.report_best_test only (paper-code protocol)
+    best_test_step: int | None = None
     wall_time_s: float = 0.0
     last_eval_step: int = -1
     train_loss_sum: float = 0.0
@@ -70,6 +73,7 @@ class Trainer:
         algorithm.should_stop = lambda: not self._budget_left()
         algorithm.want_step_losses = type(data).observe is not SequenceDataModule.observe
         self._progress_clock = None  # (perf_counter, step, fraction) at the last progress line
+        self._lr_scale = 1.0
         self.last_path = os.path.join(output_dir, "last.pt")
         self.best_path = os.path.join(output_dir, "best.pt")
 
@@ -77,7 +81,15 @@ class Trainer:
     def _update(self) -> int:
         if self.tcfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg.grad_clip))
-        self.optimizer.step()
+        if self._lr_scale != 1.0:  # variable BPTT: this window's lr is scaled by its length / bptt (awd-lstm-lm)
+            lrs = [group["lr"] for group in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self._lr_scale
+            self.optimizer.step()
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.after_optimizer_step()  # projections of constrained weights
         self.schedule.step("step")
@@ -85,8 +97,18 @@ class Trainer:
         return self.p.step
 
     # ---------------------------------------------------------------------------------------------- evaluation
-    @torch.no_grad()
+    def eval_weights(self):
+        """The weights evaluation and the best checkpoint use: the optimizer's averages where it keeps them
+        (NT-ASGD after its switch), else the weights themselves."""
+        averaged = getattr(self.optimizer, "averaged_weights", None)
+        return averaged() if averaged is not None else contextlib.nullcontext()
+
     def evaluate(self, split: str) -> dict[str, float]:
+        with self.eval_weights():
+            return self._evaluate(split)
+
+    @torch.no_grad()
+    def _evaluate(self, split: str) -> dict[str, float]:
         from rnnrepro.tasks.base import Meter
 
         self.model.eval()
@@ -123,13 +145,25 @@ class Trainer:
             diagnostics = {k: v / self.p.train_loss_count for k, v in self.p.diagnostic_sums.items()}
             self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count, **diagnostics,
                                     **self.data.train_extras()})
-        metrics = self.evaluate("val")
+        with self.eval_weights():
+            metrics = self._evaluate("val")
+            value = metrics[self.task.metric]
+            improved = self.task.is_better(value, self.p.best_val)
+            if improved:
+                self.p.best_val, self.p.best_step = value, self.p.step
+                checkpoint.save_atomic({"model": self.model.state_dict(), "step": self.p.step}, self.best_path)
+            if self.tcfg.report_best_test:  # compatibility number only: never used for selection
+                test = self._evaluate("test")
         self._log_row("val", metrics)
-        value = metrics[self.task.metric]
-        improved = self.task.is_better(value, self.p.best_val)
-        if improved:
-            self.p.best_val, self.p.best_step = value, self.p.step
-            checkpoint.save_atomic({"model": self.model.state_dict(), "step": self.p.step}, self.best_path)
+        if self.tcfg.report_best_test:
+            self._log_row("test_each_eval", test)
+            test_value = test[self.task.metric]
+            if self.task.is_better(test_value, self.p.best_test_over_evals):
+                self.p.best_test_over_evals, self.p.best_test_step = test_value, self.p.step
+        self.schedule.observe(value, self.task.mode)
+        observe = getattr(self.optimizer, "observe", None)
+        if observe is not None:  # NT-ASGD's switch
+            observe(value, self.task.mode)
         log.info("step %d epoch %d | train loss %.4f | val %s %.4f%s", self.p.step, self.p.epoch,
                  self.p.train_loss_sum / max(self.p.train_loss_count, 1), self.task.metric, value,
                  " (best)" if improved else "")
@@ -204,17 +238,18 @@ class Trainer:
         """Trains until a budget ends. Returns {status, error}; raises nothing for divergence."""
         status, error = "completed", None
         eval_every = self.tcfg.eval_every_n_steps
-        n_batches = self.data.num_train_batches()
         show_bar = bool(self.tcfg.progress_bar) and sys.stderr.isatty()
         self.model.train()
         try:
             while self._budget_left():
+                n_batches = self.data.num_train_batches(self.p.epoch)
                 if self.p.batch_in_epoch == 0 and not self.data.continuous_stream:
                     self.algorithm.reset()
                 bar = tqdm(total=n_batches, initial=self.p.batch_in_epoch, desc=f"epoch {self.p.epoch}",
                            leave=False, disable=not show_bar, dynamic_ncols=True)
                 for batch in self.data.train_batches(self.p.epoch, self.p.batch_in_epoch):
                     step_before = self.p.step
+                    self._lr_scale = float(batch.pop("lr_scale", 1.0))
                     loss = self.algorithm.train_batch(self._to_device(batch), self._update)
                     if self.algorithm.step_losses is not None:
                         self.data.observe(self.algorithm.step_losses.cpu())
@@ -258,7 +293,7 @@ class Trainer:
         if os.path.exists(self.best_path):
             current = {k: v.clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(checkpoint.load(self.best_path)["model"])
-            result["test_at_best_val"] = self.evaluate("test")
+            result["test_at_best_val"] = self._evaluate("test")  # best.pt already holds the evaluated weights
             self._log_row("test_at_best_val", result["test_at_best_val"])
             self.model.load_state_dict(current)
         return result
