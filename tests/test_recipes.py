@@ -295,7 +295,8 @@ def test_variable_bptt_run_scales_each_steps_lr(compose_cfg, monkeypatch):
     monkeypatch.setattr(torch.optim.SGD, "step", spy)
     cfg = compose_cfg("model=lstm", "dataset=ptb_word", "data.verify_checksums=false", "data.bptt=6",
                       "data.batch_size=2", "data.variable_bptt.enabled=true", "data.variable_bptt.std=2",
-                      "data.variable_bptt.min_len=2", "optimizer=sgd", "optimizer.lr=1.0", "trainer.max_steps=5", "trainer.max_epochs=5",
+                      "data.variable_bptt.min_len=2", "optimizer=sgd", "optimizer.lr=1.0", "trainer.max_steps=5",
+                      "trainer.max_epochs=5",
                       "data.embedding_size=8")
     summary = run(cfg)
     assert summary["status"] == "completed" and summary["data"]["variable_bptt"]
