@@ -36,9 +36,10 @@ test-full: setup ## every test, the slow ones included
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 
-bench: setup ## time every cell beside nn.LSTM, then the online algorithms (TBPTT/UORO/KF-RTRL/OK/RTRL) against n; writes results/bench/
+bench: setup ## time every cell beside nn.LSTM, the online algorithms against n, and the recipes (layers/dropout, denormals, allocator); writes results/bench/
 	$(FAST_MALLOC) $(PY) scripts/bench.py
 	$(FAST_MALLOC) $(PY) scripts/bench_online.py
+	$(FAST_MALLOC) $(PY) scripts/bench_recipes.py
 
 reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [ARGS=overrides]
 	$(FAST_MALLOC) $(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER) --jobs $(JOBS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(ARGS)

@@ -410,6 +410,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "of being page-faulted in on every iteration")
     p.add_argument("--tag", default="", help="suffix of the output names: <device>-<tag>.{csv,md}")
     p.add_argument("--list", action="store_true", help="print the cell keys and exit")
+    p.add_argument("--no-flush-denormal", dest="no_flush_denormal", action="store_true",
+                   help="keep denormal floats (the trainer flushes them on CPU, trainer.flush_denormal=true)")
     return p.parse_args(argv)
 
 
@@ -439,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if cuda else 3))
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    extra = f"mkldnn {torch.backends.mkldnn.is_available()}"
+    flushed = not args.no_flush_denormal and device.type == "cpu" and torch.set_flush_denormal(True)
+    if args.no_flush_denormal:
+        torch.set_flush_denormal(False)
+    extra = f"mkldnn {torch.backends.mkldnn.is_available()}; flush_denormal {bool(flushed)}"
     if cuda:
         extra = (f"CUDA {torch.version.cuda}; cuDNN {torch.backends.cudnn.version()}; "
                  f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}")

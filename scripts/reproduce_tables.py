@@ -198,7 +198,8 @@ def execute(run: dict, threads: int | None) -> int:
     if threads:
         cmd.append(f"trainer.num_threads={threads}")
     print(f"{state:7s} {shlex.join(cmd[1:])}", flush=True)
-    with open(run["dir"] / "run.log", "a") as log:
+    # Hydra writes its own log file (run.log) there; the console output, tracebacks included, goes beside it
+    with open(run["dir"] / "console.log", "a") as log:
         return subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in render(paper, args.tier, runs, command, args.experiments):
             print(f"wrote {path}")
     if failed:
-        print(f"{len(failed)} run(s) failed; see run.log in: " + ", ".join(map(str, failed)), file=sys.stderr)
+        print(f"{len(failed)} run(s) failed; see console.log in: " + ", ".join(map(str, failed)), file=sys.stderr)
         return 1
     return 0
 

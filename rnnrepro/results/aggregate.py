@@ -112,7 +112,7 @@ def summarise_cell(expected: pd.Series, summaries: list[dict], planned: int | No
     if planned == 0:
         notes.append("not run here (see the preset's header)")
     elif planned is not None and planned > len(summaries):
-        notes.append(f"{planned - len(summaries)} of {planned} runs left no summary (see their run.log)")
+        notes.append(f"{planned - len(summaries)} of {planned} runs left no summary (see their console.log)")
     reported = expected["reported"]
     has_reported = reported is not None and np.isfinite(reported)
     return {
