@@ -154,6 +154,12 @@ ONLINE_ALGORITHMS = ("rtrl", "uoro", "kf_rtrl", "ok")
 
 def _check_algorithm_fits(cfg: Config) -> None:
     """Online algorithms need a parameter-free input encoder and (except exact RTRL) a Kronecker-structured cell."""
+    encoding = getattr(getattr(cfg.data, "input_encoding", None), "value", None)
+    for key, active in (("model.dropout.embedding", cfg.model.dropout.embedding > 0),
+                        ("model.embedding_init", cfg.model.embedding_init.value != "default")):
+        if active and encoding != "embedding":
+            raise ConfigError(f"{key} acts on a token embedding; dataset {cfg.data.name} has none (feature inputs, "
+                              "or data.input_encoding=one_hot). Leave it at its default")
     if getattr(cfg.model, "tie_weights", False):
         embedding = getattr(cfg.data, "embedding_size", None)
         encoding = getattr(getattr(cfg.data, "input_encoding", None), "value", None)
@@ -167,6 +173,13 @@ def _check_algorithm_fits(cfg: Config) -> None:
     name = cfg.algorithm.name.value
     if name not in ONLINE_ALGORITHMS:
         return
+    dropout = cfg.model.dropout
+    active = [f"model.dropout.{k}" for k in ("input", "between", "output", "embedding", "weight")
+              if getattr(dropout, k) > 0] + [f"model.{k}" for k in ("ar_alpha", "tar_beta") if getattr(cfg.model, k) > 0]
+    if active:
+        raise ConfigError(f"algorithm={name} steps the cell and head directly, without the sequence model's dropout "
+                          f"and AR/TAR; {', '.join(active)} would be ignored. Set them to 0, or use algorithm=bptt / "
+                          "tbptt")
     if cfg.model.num_layers > 1:
         raise ConfigError(f"algorithm={name} carries the influence of one recurrent layer; model.num_layers="
                          f"{cfg.model.num_layers}. Set model.num_layers=1, or algorithm=bptt / tbptt")

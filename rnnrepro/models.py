@@ -321,11 +321,19 @@ def build_model(model_cfg: DictConfig, spec: DataSpec, task: Task) -> SequenceMo
     encoder = build_encoder(spec)  # token inputs: embedding or one-hot first
     cell = build_cell(model_cfg, spec.input_size)
     head = nn.Linear(cell.hidden_size, spec.output_size)
-    readout_std = getattr(cell, "readout_init_std", None)
+    top = cell.layers[-1] if isinstance(cell, StackedCell) else cell
+    readout_std = getattr(top, "readout_init_std", None)
     if readout_std is not None:  # the cell's paper initialises the readout too (OK RHN: [W_out; b] ~ N(0, 0.01^2))
         nn.init.normal_(head.weight, 0.0, readout_std)
         nn.init.normal_(head.bias, 0.0, readout_std)
     bound = float(model_cfg.get("init_range", 0.1))
+    dropout_cfg = model_cfg.get("dropout") or {}
+    for key, active in (("model.dropout.embedding", float(dropout_cfg.get("embedding", 0.0)) > 0),
+                        ("model.embedding_init", str(getattr(model_cfg.get("embedding_init", "default"), "value",
+                                                             model_cfg.get("embedding_init", "default"))) != "default")):
+        if active and not isinstance(encoder, nn.Embedding):
+            raise ValueError(f"{key} acts on a token embedding; this dataset's inputs have none (features, or "
+                             "data.input_encoding=one_hot). Leave it at its default")
     if isinstance(encoder, nn.Embedding):
         _init_uniform(encoder, model_cfg.get("embedding_init", "default"), bound)
     _init_uniform(head, model_cfg.get("head_init", "default"), bound)

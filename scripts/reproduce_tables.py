@@ -10,7 +10,8 @@ outside the checkout for runs that span sessions).
 Reuse is decided from the resolved config, not from the override strings: the request is composed in-process and
 compared with the run's config.yaml, leaving out keys that do not change results (data.root, threads, logging). A key
 that the run's config lacks was added to a schema after the run; it matches when the request holds that key's schema
-default (new features default to off). Then:
+default (new features default to off), or, for the keys in LEGACY_BEHAVIOUR whose default is not the old behaviour
+(trainer.flush_denormal), the old value. Then:
 
 - same config, finished (completed / diverged): reused;
 - same config, interrupted (last.pt): resumed;
@@ -116,6 +117,11 @@ def _ignored(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
 
 
+# Keys whose schema default is not what the code did before the key existed: a run that predates the key matches
+# only a request holding this value.
+LEGACY_BEHAVIOUR = {"trainer.flush_denormal": False}
+
+
 def _schema_default(cfg, key: str):
     """The dataclass default of ``key`` in the schema behind the composed config; a sentinel when it has none."""
     from omegaconf import OmegaConf
@@ -142,7 +148,8 @@ def config_differences(request_cfg, saved: dict) -> list[str]:
         if _ignored(key):
             continue
         if key not in have:  # added to a schema after the run: the run behaved as the schema default
-            default = _schema_default(request_cfg, key)
+            default = LEGACY_BEHAVIOUR.get(key, ...)
+            default = _schema_default(request_cfg, key) if default is ... else default
             if default is ... or default != wanted[key]:
                 diffs.append(f"{key}: the run predates this key; requested {wanted[key]!r}")
         elif key not in wanted:
@@ -182,7 +189,11 @@ def set_aside(run_dir: Path) -> Path:
 
 
 def execute(run: dict, threads: int | None) -> int:
-    state, diffs = run_state(run)
+    try:
+        state, diffs = run_state(run)
+    except Exception as err:  # noqa: BLE001 - e.g. a preset that no longer composes: this run fails, the rest go on
+        print(f"failed  {run['dir']}: cannot compose {shlex.join(run['overrides'])}: {err}", flush=True)
+        return 1
     if state == "done":
         print(f"reuse   {run['dir']}")
         return 0

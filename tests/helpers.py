@@ -211,3 +211,18 @@ def assert_fused_matches_runner_float32(cells, x) -> None:
     for k, ref in grads[1].items():
         assert ref.dtype == torch.float32
         assert torch.allclose(grads[0][k], ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4), k
+
+
+def crash_after(monkeypatch, n_steps):
+    """Makes the trainer die (like a killed job) once it has taken n_steps optimizer steps."""
+    from rnnrepro.training.trainer import Trainer
+
+    original = Trainer._update
+
+    def update(self):
+        step = original(self)
+        if step == n_steps:
+            raise KeyboardInterrupt("simulated preemption")
+        return step
+
+    monkeypatch.setattr(Trainer, "_update", update)

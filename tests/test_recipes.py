@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -54,7 +55,23 @@ def test_two_layer_fused_lstm_equals_the_cell_path_on_the_same_parameters():
     torch.testing.assert_close(g_c, g_f, atol=1e-10, rtol=0)
 
 
-def test_custom_cells_stack_through_the_runner_and_locked_between_layer_dropout_stacks_lstms():
+def test_custom_cells_stack_through_the_runner():
+    from rnnrepro.cells.antisymmetric import AntisymConfig
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.structured(AntisymConfig(hidden_size=5, num_layers=2, eps=0.3))
+    spec = DataSpec(input_size=3, output_size=4, task=TaskType.classify_each)
+    model = build_model(cfg, spec, build_task(TaskType.classify_each)).to(DT).eval()
+    assert isinstance(model.cell, StackedCell) and [layer.input_size for layer in model.cell.layers] == [3, 5]
+    x = torch.randn(2, 7, 3, dtype=DT)
+    out, state = model(x)
+    first, s0 = model.cell.layers[0](x.transpose(0, 1), return_sequence=True)
+    second, s1 = model.cell.layers[1](first, return_sequence=True)
+    torch.testing.assert_close(out, model.head(second).transpose(0, 1), atol=1e-12, rtol=0)
+    assert len(state) == 2 and torch.equal(state[0], s0[0]) and torch.equal(state[1], s1[0])
+
+
+def test_locked_between_layer_dropout_stacks_separate_lstm_modules():
     model_cfg = OmegaConf.structured(LSTMConfig(hidden_size=6, num_layers=3))
     model_cfg.dropout.between, model_cfg.dropout.locked = 0.3, True
     model = build_model(model_cfg, LM_SPEC, build_task(TaskType.classify_each, metric="ppl"))
@@ -131,10 +148,14 @@ def test_embedding_dropout_drops_whole_words():
     model = lm_model(dropout={"embedding": 0.5})
     seen = []
     model.cell.rnn.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
-    x = torch.full((1, 30), 3)  # the same word at every step
+    x = torch.arange(11).repeat(3).unsqueeze(0)  # every word type three times
     model(x)
-    rows = seen[-1][:, 0]  # (T, emb): the embedded word at each step
-    assert torch.equal(rows, rows[:1].expand_as(rows))  # one decision per word type, not per occurrence
+    rows, weight = seen[-1][:, 0], model.encoder.weight.detach()  # (T, emb): the embedded word at each step
+    dropped = {int(w) for w, row in zip(x[0], rows) if torch.count_nonzero(row) == 0}
+    assert 0 < len(dropped) < 11
+    for w, row in zip(x[0].tolist(), rows):
+        # one decision per word type for the whole sequence: zero, or the embedding scaled by 1 / (1 - p)
+        torch.testing.assert_close(row, torch.zeros_like(row) if w in dropped else 2 * weight[w])
 
 
 def test_tied_weights_share_storage_and_sizes_are_checked(compose_cfg):
@@ -163,6 +184,10 @@ def test_uniform_inits_of_embedding_head_and_cell():
     (["model=lstm", "model.dropout.between=0.5"], "model.num_layers>=2"),
     (["model=rnn", "model.num_layers=2", "algorithm=uoro"], "model.num_layers=1"),
     (["model=lstm", "model.dropout.output=1.0"], r"must be in \[0, 1\)"),
+    (["model=rnn", "algorithm=rtrl", "model.dropout.output=0.1"], "would be ignored"),
+    (["model=lstm", "model.dropout.embedding=0.1"], "acts on a token embedding"),
+    (["model=lstm", "dataset=ptb_word", "data.variable_bptt.enabled=true", "data.drop_last_window=true"],
+     "data.drop_last_window"),
 ])
 def test_recipe_combinations_that_cannot_work_fail_at_compose_time(compose_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -229,8 +254,17 @@ def test_ntasgd_switches_when_val_is_worse_than_the_best_of_all_but_the_last_non
     # validation 4 (3.5) vs min([5]) and 5 (2.0) vs min([5, 4]): no; 6 (3.2) > min([5, 4, 3]) = 3 -> the switch
     assert opt.averaging and opt.switched_at_validation == 6
     with opt.averaged_weights():
-        assert torch.equal(w, iterates[-1])  # one averaged step since the switch: mu_1 = 1, ax = the iterate
-    for _ in range(3):
+        assert torch.equal(w, iterates[-1])  # no averaged step yet: nothing to swap in
+    w.grad = torch.tensor([1.0, -2.0])
+    opt.step()
+    iterates.append(w.detach().clone())
+    with opt.averaged_weights():
+        torch.testing.assert_close(w.detach(), iterates[-1])  # mu_1 = 1: ax = the first averaged iterate
+    w.data.add_(1.0)  # the average is a copy, not the parameter
+    with opt.averaged_weights():
+        torch.testing.assert_close(w.detach(), iterates[-1])
+    w.data.sub_(1.0)
+    for _ in range(2):
         w.grad = torch.tensor([1.0, -2.0])
         opt.step()
         iterates.append(w.detach().clone())
@@ -238,7 +272,7 @@ def test_ntasgd_switches_when_val_is_worse_than_the_best_of_all_but_the_last_non
         # torch.optim.ASGD (t0 = 0, lambd = 0) averages the iterates from the second averaged step on
         torch.testing.assert_close(w.detach(), torch.stack(iterates[-2:]).mean(0))
     assert torch.equal(w.detach(), iterates[-1])  # restored outside
-    # the same averages as torch's ASGD run on the same gradients
+    # the same averages as torch's ASGD run on the same gradients from the switch on
     v = nn.Parameter(iterates[5].clone())
     asgd = torch.optim.ASGD([v], lr=0.5, t0=0, lambd=0.0)
     for _ in range(3):
@@ -284,7 +318,7 @@ def test_variable_bptt_lengths_follow_the_awd_distribution_and_scale_the_lr():
     assert torch.equal(batches[1]["x"], source[8:39].t()) and torch.equal(batches[1]["y"], source[9:40].t())
 
 
-def test_variable_bptt_run_scales_each_steps_lr(compose_cfg, monkeypatch):
+def test_variable_bptt_run_scales_each_steps_lr(compose_cfg, monkeypatch, tmp_path):
     used = []
     original = torch.optim.SGD.step
 
@@ -300,8 +334,15 @@ def test_variable_bptt_run_scales_each_steps_lr(compose_cfg, monkeypatch):
                       "data.embedding_size=8")
     summary = run(cfg)
     assert summary["status"] == "completed" and summary["data"]["variable_bptt"]
-    assert len(used) == 5 and all(lr > 0 for lr in used)
-    assert len(set(used)) > 1  # the windows differ in length, so do their lrs
+    from rnnrepro.data import build_datamodule
+
+    data = build_datamodule(cfg.data, int(cfg.seed))
+    data.setup()
+    drawn = [d for epoch in range(5) for _, d in data.epoch_lengths(epoch)][:5]
+    assert used == pytest.approx([d / 6 for d in drawn])  # each step: lr x drawn length / bptt
+    assert len(set(used)) > 1
+    last = pd.read_csv(tmp_path / "run" / "metrics.csv").lr.iloc[-1]
+    assert last == 1.0  # restored after every step
 
 
 # --- the compatibility number -------------------------------------------------------------------------------------
@@ -374,3 +415,52 @@ def test_weight_drop_refuses_a_cell_without_recurrent_weights():
                             "dropout": {"weight": 0.5}})
     with pytest.raises(ValueError, match="recurrent_weight_names"):
         build_model(cfg, LM_SPEC, build_task(TaskType.classify_each, metric="ppl"))
+
+
+LM_RUN = ["model=lstm", "dataset=ptb_word", "data.verify_checksums=false", "data.batch_size=2", "data.bptt=4",
+          "data.embedding_size=8", "data.eval_batch_size=1", "trainer.limit_eval_batches=null", "trainer.max_steps=null"]
+
+
+def test_ntasgd_best_checkpoint_holds_the_averaged_weights_that_were_evaluated(compose_cfg, tmp_path):
+    cfg = compose_cfg(*LM_RUN, "optimizer=ntasgd", "optimizer.nonmono=1", "optimizer.lr=5.0",
+                      "trainer.max_epochs=6", output_dir=tmp_path / "nt")
+    summary = run(cfg)
+    assert summary["optimizer_switch"] is not None  # the switch happened
+    from rnnrepro.data import build_datamodule
+    from rnnrepro.tasks.base import Meter
+
+    data = build_datamodule(cfg.data, 0)
+    data.setup()
+    task = build_task(data.spec.task, metric="ppl")
+    model = build_model(cfg.model, data.spec, task)
+    model.load_state_dict(torch.load(tmp_path / "nt" / "best.pt", weights_only=False)["model"])
+    model.eval()
+    meter, state = Meter(), None
+    with torch.no_grad():
+        for batch in data.eval_batches("test"):
+            out, state = model(batch["x"], state)
+            task.update(meter, out, batch)
+    assert task.compute(meter)["ppl"] == pytest.approx(summary["test_at_best_val"], rel=1e-6)
+    last = torch.load(tmp_path / "nt" / "last.pt", weights_only=False)
+    assert "ax" in next(iter(last["optimizer"]["state"].values()))  # the averages are checkpointed
+
+
+def test_resume_with_the_recipes_equals_an_uninterrupted_run(compose_cfg, tmp_path, monkeypatch):
+    from helpers import crash_after
+
+    common = [*LM_RUN, "model.num_layers=2", "model.dropout.input=0.2", "model.dropout.between=0.2",
+              "model.dropout.output=0.2", "model.dropout.weight=0.3", "model.ar_alpha=1", "model.tar_beta=1",
+              "data.variable_bptt.enabled=true", "data.variable_bptt.std=1", "data.variable_bptt.min_len=2",
+              "optimizer=ntasgd", "optimizer.nonmono=1", "optimizer.lr=2.0", "scheduler=plateau",
+              "trainer.max_epochs=4", "trainer.deterministic=true"]
+    reference = run(compose_cfg(*common, output_dir=tmp_path / "ref"))
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        crash_after(patch, reference["steps"] // 2 + 1)
+        with pytest.raises(KeyboardInterrupt):
+            run(compose_cfg(*common, output_dir=out))
+    resumed = run(compose_cfg(*common, "resume=auto", output_dir=out))
+    for key in ("steps", "best_val", "best_step", "test_at_best_val", "test_last", "optimizer_switch"):
+        assert resumed[key] == reference[key], key
+    ref_csv = pd.read_csv(tmp_path / "ref" / "metrics.csv").drop(columns="wall_time_s")
+    pd.testing.assert_frame_equal(ref_csv, pd.read_csv(out / "metrics.csv").drop(columns="wall_time_s"))

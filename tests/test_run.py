@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers import crash_after
 from rnnrepro.api import run
 from rnnrepro.config import ConfigError
 from rnnrepro.results.summary import STATUSES, SUMMARY_FIELDS
@@ -61,21 +62,6 @@ def test_existing_run_dir_is_not_overwritten(compose_cfg, tmp_path):
     assert (out / "summary.json").read_text() == before
 
 
-def _crash_after(monkeypatch, n_steps):
-    """Makes the trainer die (like a killed job) once it has taken n_steps optimizer steps."""
-    from rnnrepro.training.trainer import Trainer
-
-    original = Trainer._update
-
-    def update(self):
-        step = original(self)
-        if step == n_steps:
-            raise KeyboardInterrupt("simulated preemption")
-        return step
-
-    monkeypatch.setattr(Trainer, "_update", update)
-
-
 @pytest.mark.parametrize("eval_every", [None, 3])
 def test_resume_equals_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, eval_every):
     common = ["model=lstm", "model.impl=cell", "trainer.max_epochs=3", "trainer.max_steps=null",
@@ -87,7 +73,7 @@ def test_resume_equals_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, eva
 
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        _crash_after(patch, 5)  # mid-epoch 2 (3 batches per epoch), after at least one checkpoint
+        crash_after(patch, 5)  # mid-epoch 2 (3 batches per epoch), after at least one checkpoint
         with pytest.raises(KeyboardInterrupt):
             run(compose_cfg(*common, output_dir=out))
     crashed = json.loads((out / "summary.json").read_text())

@@ -61,7 +61,7 @@ class LSTMConfig(ModelConfig):
     name: str = "lstm"
     impl: CellImpl = CellImpl.fused
     init: CellInit = CellInit.default
-    forget_bias: float = 1.0
+    forget_bias: float | None = 1.0  # null: keep the init of model.init (torch: U(-1/sqrt(n), 1/sqrt(n)))
 
 
 class _FusedCell(RecurrentCell):
@@ -250,20 +250,21 @@ class GRU(_FusedCell):
 
 class LSTM(_FusedCell):
     """PyTorch's LSTM (gate order i, f, g, o); state (h, c) per layer; forget-gate bias initialised to
-    ``forget_bias`` in every layer (after ``init``)."""
+    ``forget_bias`` in every layer (after ``init``; ``None`` keeps the init's forget-gate biases)."""
 
     state_names = ("h", "c")
 
-    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", forget_bias: float = 1.0,
+    def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", forget_bias: float | None = 1.0,
                  num_layers: int = 1, dropout_between: float = 0.0, init: str = "default",
                  init_range: float = 0.1) -> None:
         module = nn.LSTM(input_size, hidden_size, **_module_kwargs(num_layers, dropout_between))
         super().__init__(input_size, hidden_size, module, impl, init, init_range)
         n = hidden_size
-        with torch.no_grad():
-            for layer in range(self.num_layers):
-                self.weight("bias_ih", layer)[n : 2 * n].fill_(forget_bias)
-                self.weight("bias_hh", layer)[n : 2 * n].zero_()
+        if forget_bias is not None:
+            with torch.no_grad():
+                for layer in range(self.num_layers):
+                    self.weight("bias_ih", layer)[n : 2 * n].fill_(forget_bias)
+                    self.weight("bias_hh", layer)[n : 2 * n].zero_()
 
     def project_layer(self, x: Tensor, layer: int) -> Tensor:
         return F.linear(x, self.weight("weight_ih", layer),

@@ -101,6 +101,9 @@ class PTBWordDataConfig(DataConfig):
         require(self.bptt >= 1, "data.bptt", f"must be >= 1, got {self.bptt}")
         require(not (self.variable_bptt.enabled and self.train_reset_every is not None), "data.variable_bptt.enabled",
                 "cannot be combined with data.train_reset_every (resets are placed on the fixed window grid)")
+        require(not (self.variable_bptt.enabled and self.drop_last_window), "data.drop_last_window",
+                "applies to fixed windows; with data.variable_bptt.enabled=true the last window is cut to the data "
+                "left (awd-lstm-lm). Set one of them to false")
         require(self.test_batch_size is None or self.test_batch_size >= 1, "data.test_batch_size",
                  f"must be >= 1 or null, got {self.test_batch_size}")
         require(self.embedding_size >= 1, "data.embedding_size", f"must be >= 1, got {self.embedding_size}")

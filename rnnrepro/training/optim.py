@@ -117,7 +117,7 @@ class SchedulerConfig:
     # plateau: after each validation that does not improve on the best, for more than `patience` validations in a
     #   row, lr *= gamma (pytorch/examples word LM: gamma 0.25, patience 0)
     patience: int = 0
-    # jsb: after the validation of epoch e (1-based), if e > after and the validation loss exceeds the max of the
+    # jsb: after a validation when e epochs are complete, if e > after and the validation loss exceeds the max of the
     #   previous `window` validations, lr *= gamma (Stable Recurrent Models JSB code: after 10, window 3, gamma 0.1)
     window: int = 3
 
@@ -242,8 +242,9 @@ class Schedule:
         self.bad = 0
         self._apply()
 
-    def observe(self, value: float, mode: str) -> None:
-        """One validation result (``mode``: min or max is better). plateau / jsb may reduce the lr here."""
+    def observe(self, value: float, mode: str, epochs_done: int | None = None) -> None:
+        """One validation result (``mode``: min or max is better) after ``epochs_done`` complete epochs (default: one
+        per validation). plateau / jsb may reduce the lr here."""
         sign = 1.0 if mode == "min" else -1.0  # compare as a loss
         loss = sign * value
         if self.name == "plateau":
@@ -255,7 +256,7 @@ class Schedule:
                     self.reactive_factor *= float(self.cfg.gamma)
                     self.bad = 0
         elif self.name == "jsb":
-            epoch = len(self.history) + 1
+            epoch = len(self.history) + 1 if epochs_done is None else epochs_done
             previous = self.history[-int(self.cfg.window):]
             if epoch > int(self.cfg.after) and previous and loss > max(previous):
                 self.reactive_factor *= float(self.cfg.gamma)

@@ -160,7 +160,7 @@ class Trainer:
             test_value = test[self.task.metric]
             if self.task.is_better(test_value, self.p.best_test_over_evals):
                 self.p.best_test_over_evals, self.p.best_test_step = test_value, self.p.step
-        self.schedule.observe(value, self.task.mode)
+        self.schedule.observe(value, self.task.mode, epochs_done=self.p.epoch)
         observe = getattr(self.optimizer, "observe", None)
         if observe is not None:  # NT-ASGD's switch
             observe(value, self.task.mode)
