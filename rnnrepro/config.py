@@ -175,7 +175,8 @@ def _check_algorithm_fits(cfg: Config) -> None:
         return
     dropout = cfg.model.dropout
     active = [f"model.dropout.{k}" for k in ("input", "between", "output", "embedding", "weight")
-              if getattr(dropout, k) > 0] + [f"model.{k}" for k in ("ar_alpha", "tar_beta") if getattr(cfg.model, k) > 0]
+              if getattr(dropout, k) > 0]
+    active += [f"model.{k}" for k in ("ar_alpha", "tar_beta") if getattr(cfg.model, k) > 0]
     if active:
         raise ConfigError(f"algorithm={name} steps the cell and head directly, without the sequence model's dropout "
                           f"and AR/TAR; {', '.join(active)} would be ignored. Set them to 0, or use algorithm=bptt / "

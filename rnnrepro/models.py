@@ -328,9 +328,9 @@ def build_model(model_cfg: DictConfig, spec: DataSpec, task: Task) -> SequenceMo
         nn.init.normal_(head.bias, 0.0, readout_std)
     bound = float(model_cfg.get("init_range", 0.1))
     dropout_cfg = model_cfg.get("dropout") or {}
+    embedding_init = model_cfg.get("embedding_init", "default")
     for key, active in (("model.dropout.embedding", float(dropout_cfg.get("embedding", 0.0)) > 0),
-                        ("model.embedding_init", str(getattr(model_cfg.get("embedding_init", "default"), "value",
-                                                             model_cfg.get("embedding_init", "default"))) != "default")):
+                        ("model.embedding_init", str(getattr(embedding_init, "value", embedding_init)) != "default")):
         if active and not isinstance(encoder, nn.Embedding):
             raise ValueError(f"{key} acts on a token embedding; this dataset's inputs have none (features, or "
                              "data.input_encoding=one_hot). Leave it at its default")

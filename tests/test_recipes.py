@@ -418,7 +418,8 @@ def test_weight_drop_refuses_a_cell_without_recurrent_weights():
 
 
 LM_RUN = ["model=lstm", "dataset=ptb_word", "data.verify_checksums=false", "data.batch_size=2", "data.bptt=4",
-          "data.embedding_size=8", "data.eval_batch_size=1", "trainer.limit_eval_batches=null", "trainer.max_steps=null"]
+          "data.embedding_size=8", "data.eval_batch_size=1", "trainer.limit_eval_batches=null",
+          "trainer.max_steps=null"]
 
 
 def test_ntasgd_best_checkpoint_holds_the_averaged_weights_that_were_evaluated(compose_cfg, tmp_path):
