@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "make reproduce-tables " + f"TIER={args.tier} PAPER={args.paper}"
     if args.experiments:
         command += f" EXPERIMENTS='{' '.join(args.experiments)}'"
+    if args.render_only:
+        command += " ARGS=--render-only (rendered from finished runs)"
     plans = {p: plan_runs(p, args.tier, Path(args.runs_dir), args.overrides, args.experiments) for p in papers}
     if args.dry_run:
         for paper, runs in plans.items():
