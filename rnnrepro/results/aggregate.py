@@ -145,8 +145,8 @@ BEST_TEST_COLUMN = "best test (paper-code protocol)"
 
 
 def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
-    def unique(column: str) -> list[str]:
-        return sorted({s for cell in rows[column] for s in str(cell).split("; ")})
+    def unique(column: str) -> list[str]:  # over the cells that ran ("—" marks a cell without runs)
+        return sorted({s for cell in rows[column] for s in str(cell).split("; ")} - {"—"}) or ["—"]
 
     sources = sorted(set(rows["source"]))
     columns = list(MARKDOWN_COLUMNS)
@@ -175,7 +175,10 @@ def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, comma
         f"- git SHA(s): {', '.join(unique('git_sha'))}",
         f"- device(s): {'; '.join(unique('device'))}",
         f"- data: {'; '.join(unique('data'))}",
-        f"- last run finished: {max(rows['finished_at'])}",
+        f"- last run finished: {max([t for t in rows['finished_at'] if t != '—'], default='—')}",
+        "- wall time per run (mean over seeds): " + "; ".join(
+            f"{e} {w / 60:.1f} min" for e, w in rows.drop_duplicates("experiment")[["experiment", "wall_time_s"]]
+            .itertuples(index=False) if w == w and w is not None) + " (no `+dirty` after a SHA: a clean tree)",
         "- configs: `conf/experiment/<experiment>.yaml`; each run's resolved `config.yaml` and `summary.json` "
         "sit in its run directory",
         "- reported values: " + "; ".join(sources),
