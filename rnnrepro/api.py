@@ -66,7 +66,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = select_device(str(cfg.trainer.device))
-    # Vanishing gradients of long sequences reach the denormal range, where x86 arithmetic is very slow.
+    # Vanishing gradients of long sequences reach the denormal range, where x86 arithmetic is very slow. Set before
+    # any parallel op: torch's worker threads take the floating-point mode of the thread that creates them.
     flush_denormal = bool(cfg.trainer.flush_denormal) and device.type == "cpu" and torch.set_flush_denormal(True)
     if device.type == "cpu" and not cfg.trainer.flush_denormal:
         torch.set_flush_denormal(False)

@@ -11,7 +11,8 @@ Three measurements, each timed with ``time.perf_counter`` (median and IQR over `
    and on the output, against the same ``nn.LSTM`` module called directly with the same three dropouts. Also, for
    information: no dropout, locked dropout (layers stacked as separate modules) and weight drop.
 2. **Denormals** (T = 784, B = 64, n = 128, 1 input: pixel MNIST): ``nn.LSTM`` and the fused AntisymmetricRNN with
-   ``torch.set_flush_denormal`` off and on, in the same process.
+   ``torch.set_flush_denormal`` off and on, each setting in a fresh child process (worker threads take the mode at
+   their creation).
 3. **Allocator**: ``nn.LSTM`` at the shapes of 2 and of 1 (2 layers) in child processes, with glibc's default allocator
    settings and with the setting ``make`` exports (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 4 GiB).
 """
@@ -117,32 +118,37 @@ def layers_and_dropout(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def denormals(args: argparse.Namespace) -> list[dict]:
+def denormal_child(args: argparse.Namespace) -> None:
+    """Times both cells in a fresh process whose flush mode is set before torch starts its worker threads (they
+    inherit the floating-point mode when they are created; setting it later changes the calling thread only)."""
+    torch.set_flush_denormal(args.denormal_child == "on")
     from rnnrepro.cells.antisymmetric import AntisymmetricRNN
 
     T, B, n = (784, 64, 128) if not args.quick else (196, 64, 128)
     torch.manual_seed(0)
     cells = {"nn.LSTM": nn.LSTM(1, n), "AntisymmetricRNN (fused)": AntisymmetricRNN(1, n)}
-    rows = []
-    for flush in (False, True):
-        torch.set_flush_denormal(flush)
-        fns = {name: (lambda x, c=c: c(x)[0][-1]) for name, c in cells.items()}
-        params = {name: list(c.parameters()) for name, c in cells.items()}
+    fns = {name: (lambda x, c=c: c(x)[0][-1]) for name, c in cells.items()}
+    params = {name: list(c.parameters()) for name, c in cells.items()}
 
-        def make_x(r):
-            return torch.randn(T, B, 1, generator=torch.Generator().manual_seed(r))
+    def make_x(r):
+        return torch.randn(T, B, 1, generator=torch.Generator().manual_seed(r))
 
-        times = timeit(fns, make_x, max(3, args.repeats // 3), 1, params)
+    print(json.dumps(timeit(fns, make_x, max(3, args.repeats // 3), 1, params)))
+
+
+def denormals(args: argparse.Namespace) -> list[dict]:
+    T, B, n = (784, 64, 128) if not args.quick else (196, 64, 128)
+    rows, medians = [], {}
+    for flush in ("off", "on"):
+        cmd = [sys.executable, __file__, "--denormal-child", flush, "--repeats", str(args.repeats)]
+        cmd += (["--threads", str(args.threads)] if args.threads else []) + (["--quick"] if args.quick else [])
+        times = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         for name, ts in times.items():
             med, iqr = stats(ts)
+            medians.setdefault(name, med)
             rows.append({"section": "denormals", "variant": f"{name}, flush_denormal={flush}",
-                         "shape": f"T={T} B={B} n={n}", "fwd_bwd_ms": round(med, 3), "iqr_ms": round(iqr, 3)})
-    torch.set_flush_denormal(True)
-    for name in cells:
-        off = next(r for r in rows if r["variant"] == f"{name}, flush_denormal=False")
-        on = next(r for r in rows if r["variant"] == f"{name}, flush_denormal=True")
-        on["ratio"] = round(on["fwd_bwd_ms"] / off["fwd_bwd_ms"], 3)  # flushed / not flushed
-        off["ratio"] = 1.0
+                         "shape": f"T={T} B={B} n={n}", "fwd_bwd_ms": round(med, 3), "iqr_ms": round(iqr, 3),
+                         "ratio": round(med / medians[name], 3)})
     return rows
 
 
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="3 rounds, T = 196 for the denormal section")
     p.add_argument("--out-dir", type=Path, default=ROOT / "results" / "bench")
     p.add_argument("--allocator-child", choices=sorted(ALLOCATOR_SHAPES), help=argparse.SUPPRESS)
+    p.add_argument("--denormal-child", choices=["off", "on"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 3, 1
@@ -202,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.allocator_child:
         allocator_child(args)
+        return 0
+    if args.denormal_child:
+        denormal_child(args)
         return 0
     from rnnrepro.results.summary import git_info
 
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         f"directly ({'within' if fused <= FUSED_TARGET else 'NOT within'} the {FUSED_TARGET}x target).", "",
     ]
     titles = {"layers_dropout": "Layers and dropout (ratio: to nn.LSTM called directly)",
-              "denormals": "Denormals (ratio: flushed / not flushed, per cell)",
+              "denormals": "Denormals (ratio: to flush_denormal=off, per cell)",
               "allocator": "Allocator (ratio: to glibc's default setting)"}
     for section, title in titles.items():
         part = frame[frame.section == section][["variant", "shape", "fwd_bwd_ms", "iqr_ms", "ratio"]]
