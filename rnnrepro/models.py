@@ -201,7 +201,8 @@ class SequenceModel(nn.Module):
             out, state = self._run_cell(x, state, seq)
         else:
             reset = reset.t()  # (T, B)
-            cuts = [0, *[t for t in range(1, reset.shape[0]) if bool(reset[t].any())], reset.shape[0]]
+            starts = (torch.nonzero(reset[1:].any(1)).flatten() + 1).tolist()  # one host sync per batch
+            cuts = [0, *starts, reset.shape[0]]
             outs = []
             for start, stop in zip(cuts[:-1], cuts[1:]):
                 if state is not None:
