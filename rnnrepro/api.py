@@ -79,7 +79,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     task_kwargs = {"metric": data.spec.metric} if data.spec.task in (TaskType.classify_each, TaskType.tag) else {}
     if data.spec.task == TaskType.tag:
         task_kwargs["labels"] = data.spec.labels
-    if data.spec.task == TaskType.classify_last:
+    if data.spec.task == TaskType.classify_last or (data.spec.task == TaskType.multilabel_each
+                                                     and data.spec.loss != "ce"):
         task_kwargs["loss"] = data.spec.loss
     task = build_task(data.spec.task, **task_kwargs)
     model = build_model(cfg.model, data.spec, task).to(device)

@@ -35,7 +35,7 @@ from rnnrepro.tasks import Task
 
 # Keys of the model config consumed here, not by the cell's constructor.
 SEQUENCE_MODEL_KEYS = ("num_layers", "dropout", "tie_weights", "embedding_init", "head_init", "init_range",
-                       "ar_alpha", "tar_beta")
+                       "ar_alpha", "tar_beta", "truncation", "lstm_recurrent")
 
 
 # ------------------------------------------------------------------------------------------------- config schema
@@ -79,8 +79,14 @@ class ModelConfig:
     # dropped outputs, TAR adds tar_beta * mean((h_t - h_{t-1})^2) over its undropped outputs within the window
     ar_alpha: float = 0.0
     tar_beta: float = 0.0
+    # The k-truncated feed-forward approximation of Stable Recurrent Models (spec S5), not TBPTT: every output is
+    # computed from the zero state over the last k inputs only (the first k outputs see their whole prefix). null:
+    # the recurrent model. Training with it is the paper's "truncated model trained by gradient descent"
+    truncation: int | None = None
 
     def __post_init__(self) -> None:
+        require(self.truncation is None or self.truncation >= 1, "model.truncation",
+                f"must be null or >= 1, got {self.truncation}")
         require(self.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {self.hidden_size}")
         require(self.num_layers >= 1, "model.num_layers", f"must be >= 1, got {self.num_layers}")
         positive(self.init_range, "model.init_range")
@@ -153,8 +159,10 @@ class StackedCell(RecurrentCell):
 
 class SequenceModel(nn.Module):
     def __init__(self, cell: RecurrentCell, head: nn.Module, task: Task, encoder: nn.Module | None = None,
-                 dropout: dict | None = None, ar_alpha: float = 0.0, tar_beta: float = 0.0) -> None:
+                 dropout: dict | None = None, ar_alpha: float = 0.0, tar_beta: float = 0.0,
+                 truncation: int | None = None) -> None:
         super().__init__()
+        self.truncation = None if truncation is None else int(truncation)
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.cell, self.head, self.task = cell, head, task
         d = dropout or {}
@@ -184,6 +192,27 @@ class SequenceModel(nn.Module):
         return self._dropout(x.transpose(0, 1), self.p_input)  # the cells run time-major
 
     def _run_cell(self, x: Tensor, state: State | None, return_sequence: bool) -> tuple[Tensor, State]:
+        if self.truncation is not None:
+            return self._run_truncated(x, return_sequence)
+        return self._run_recurrent(x, state, return_sequence)
+
+    def _run_truncated(self, x: Tensor, return_sequence: bool) -> tuple[Tensor, State]:
+        """The k-truncated model: output t from the zero state over x[t-k+1 .. t]. All windows run as one batch of
+        (T - k) * B sequences of length k; the first k outputs come from one run over the prefix. The returned state
+        is the prefix run's (a truncated model carries none: the next call starts from zero again)."""
+        k, steps, batch = self.truncation, x.shape[0], x.shape[1]
+        if not return_sequence:
+            return self._run_recurrent(x[-k:], None, False)
+        out, state = self._run_recurrent(x[:k], None, True)
+        if steps <= k:
+            return out, state
+        # windows[j] = x[j+1 .. j+k], ending at step t = j + k, for t = k .. T-1
+        windows = x[1:].unfold(0, k, 1)  # (T - k, B, m, k)
+        windows = windows.permute(3, 0, 1, 2).reshape(k, (steps - k) * batch, x.shape[2])
+        last, _ = self._run_recurrent(windows, None, False)
+        return torch.cat([out, last.reshape(steps - k, batch, -1)], 0), state
+
+    def _run_recurrent(self, x: Tensor, state: State | None, return_sequence: bool) -> tuple[Tensor, State]:
         if self.dropped_weights and self.training:
             masked = {name: F.dropout(self.cell.get_parameter(name), self.p_weight, True)
                       for name in self.dropped_weights}
@@ -347,8 +376,14 @@ def build_model(model_cfg: DictConfig, spec: DataSpec, task: Task) -> SequenceMo
         head.weight = encoder.weight  # one Parameter, shared storage
     dropout = OmegaConf.to_container(model_cfg.dropout) if isinstance(model_cfg.get("dropout"), DictConfig) \
         else dict(model_cfg.get("dropout") or {})
+    truncation = model_cfg.get("truncation")
+    if not bool(model_cfg.get("lstm_recurrent", True)):  # the JSB code's LSTM bug: every frame from the zero state
+        if truncation not in (None, 1):
+            raise ValueError(f"model.lstm_recurrent=false is the 1-truncated model; model.truncation={truncation} "
+                             "contradicts it. Set one of them")
+        truncation = 1
     return SequenceModel(cell, head, task, encoder, dropout=dropout, ar_alpha=float(model_cfg.get("ar_alpha", 0.0)),
-                         tar_beta=float(model_cfg.get("tar_beta", 0.0)))
+                         tar_beta=float(model_cfg.get("tar_beta", 0.0)), truncation=truncation)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -8,7 +8,7 @@ same function (tests/test_cells.py checks it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -17,6 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnrepro.cells.base import CellImpl, KroneckerCell, KroneckerStep, RecurrentCell, State, add_grad
+from rnnrepro.cells.stable import (
+    StableLSTMConfig,
+    StableRNNConfig,
+    clip_singular_values_,
+    normalise_l1_,
+    normalise_spectral_,
+)
 from rnnrepro.models import ModelConfig
 from rnnrepro.schema import register_schema
 
@@ -34,6 +41,10 @@ class RNNConfig(ModelConfig):
     name: str = "rnn"
     impl: CellImpl = CellImpl.fused
     init: CellInit = CellInit.default
+    # millerjohnp/TCN sets entries [n/4, n/2) of both bias vectors to 10 for every cell type (for its LSTM that is
+    # the forget gate; for the RNN a quarter of the units start saturated) [code]; null: keep model.init's biases
+    bias_slice_init: float | None = None
+    stable: StableRNNConfig = field(default_factory=StableRNNConfig)  # Stable Recurrent Models projection (S6)
 
 
 @register_schema("model", "irnn")
@@ -62,6 +73,11 @@ class LSTMConfig(ModelConfig):
     impl: CellImpl = CellImpl.fused
     init: CellInit = CellInit.default
     forget_bias: float | None = 1.0  # null: keep the init of model.init (torch: U(-1/sqrt(n), 1/sqrt(n)))
+    stable: StableLSTMConfig = field(default_factory=StableLSTMConfig)  # Stable Recurrent Models normalisation (S7)
+    # false reproduces the Stable Recurrent Models JSB code's bug: its LSTM reads (1, T, 88) as T sequences of one
+    # step, so every frame starts from the zero state (spec section 7 item 5, flag jsb.lstm_recurrent); the same as
+    # model.truncation=1
+    lstm_recurrent: bool = True
 
 
 class _FusedCell(RecurrentCell):
@@ -169,10 +185,40 @@ class TanhRNN(_FusedCell, KroneckerCell):
     nonlinearity = "tanh"
 
     def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", num_layers: int = 1,
-                 dropout_between: float = 0.0, init: str = "default", init_range: float = 0.1) -> None:
+                 dropout_between: float = 0.0, init: str = "default", init_range: float = 0.1,
+                 bias_slice_init: float | None = None, stable: dict | None = None) -> None:
         module = nn.RNN(input_size, hidden_size, nonlinearity=self.nonlinearity,
                         **_module_kwargs(num_layers, dropout_between))
         super().__init__(input_size, hidden_size, module, impl, init, init_range)
+        if bias_slice_init is not None:
+            n = hidden_size
+            with torch.no_grad():
+                for layer in range(self.num_layers):
+                    self.weight("bias_ih", layer)[n // 4 : n // 2].fill_(bias_slice_init)
+                    self.weight("bias_hh", layer)[n // 4 : n // 2].fill_(bias_slice_init)
+        self.stable = dict(stable or {})
+        if self.stable.get("enabled") and self.stable.get("method", "svd") == "power_iter":
+            # one right singular vector estimate per layer, carried from step to step (and saved with the weights)
+            start = torch.randn(self.num_layers, hidden_size, generator=torch.Generator().manual_seed(0))
+            self.register_buffer("_power_v", start / start.norm(dim=1, keepdim=True))
+        self.last_projection: list[float] = []  # sigma_max of each layer before the last projection
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Spectral projection of every layer's W_hh (spec S6), in place."""
+        if not self.stable.get("enabled"):
+            return
+        max_sv = float(self.stable.get("max_sv", 1.0))
+        sigmas = []
+        for layer in range(self.num_layers):
+            weight = self.weight("weight_hh", layer)
+            if self.stable.get("method", "svd") == "power_iter":
+                sigma = normalise_spectral_(weight, self._power_v[layer], max_sv,
+                                            int(self.stable.get("power_iterations", 1)))
+            else:
+                sigma = clip_singular_values_(weight, max_sv)[0]
+            sigmas.append(sigma)
+        self.last_projection = sigmas  # tensors: no host sync per step
 
     def project_layer(self, x: Tensor, layer: int) -> Tensor:
         return F.linear(x, self.weight("weight_ih", layer),
@@ -256,7 +302,7 @@ class LSTM(_FusedCell):
 
     def __init__(self, input_size: int, hidden_size: int, impl: str = "fused", forget_bias: float | None = 1.0,
                  num_layers: int = 1, dropout_between: float = 0.0, init: str = "default",
-                 init_range: float = 0.1) -> None:
+                 init_range: float = 0.1, stable: dict | None = None) -> None:
         module = nn.LSTM(input_size, hidden_size, **_module_kwargs(num_layers, dropout_between))
         super().__init__(input_size, hidden_size, module, impl, init, init_range)
         n = hidden_size
@@ -265,6 +311,25 @@ class LSTM(_FusedCell):
                 for layer in range(self.num_layers):
                     self.weight("bias_ih", layer)[n : 2 * n].fill_(forget_bias)
                     self.weight("bias_hh", layer)[n : 2 * n].zero_()
+        self.stable = dict(stable or {})
+        self.stable.setdefault("constants", {})
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """l1 normalisation of the gate blocks of every layer's W_hh and of the forget block of W_ih (spec S7)."""
+        if not self.stable.get("enabled"):
+            return
+        n = self.hidden_size
+        axis, mode = str(self.stable.get("norm_axis", "rows")), str(self.stable.get("norm_mode", "rescale"))
+        c = {"i": 0.395, "f": 0.155, "z": 0.099, "o": 0.395, "u_f": 0.25, **self.stable["constants"]}
+        for layer in range(self.num_layers):
+            w_hh = self.weight("weight_hh", layer)
+            for k, gate in enumerate(("i", "f", "z", "o")):  # torch's gate order; the code calls g "z"
+                normalise_l1_(w_hh[k * n : (k + 1) * n], float(c[gate]), axis, mode)
+            normalise_l1_(self.weight("weight_ih", layer)[n : 2 * n], float(c["u_f"]), axis, mode)
+            if self.stable.get("constrain_forget_bias"):
+                self.weight("bias_ih", layer)[n : 2 * n].clamp_(max=0.0)
+                self.weight("bias_hh", layer)[n : 2 * n].clamp_(max=0.0)
 
     def project_layer(self, x: Tensor, layer: int) -> Tensor:
         return F.linear(x, self.weight("weight_ih", layer),

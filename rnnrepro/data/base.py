@@ -96,7 +96,8 @@ class DataSpec:
     input_encoding: str = "embedding"
     metric: str = "acc"
     labels: list | None = None  # tag names (IOB), for span-level F1
-    loss: str = "ce"  # classify_last only: ce | softmax_mse (the SBO-RNN code's HAR-2 loss)
+    # classify_last: ce | softmax_mse (the SBO-RNN code's HAR-2 loss); multilabel_each: frame_mean | piece_sum
+    loss: str = "ce"
 
 
 def resolve_root(root: str | None) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import torch
@@ -48,6 +48,11 @@ class MusicFormat(str, Enum):
     pickle = "pickle"
 
 
+class MusicTrainLoss(str, Enum):
+    frame_mean = "frame_mean"  # NLL per predicted frame: the reported metric itself
+    piece_sum = "piece_sum"  # summed over a piece's frames, averaged over pieces (the Stable Recurrent Models code)
+
+
 @register_schema("data", "music")
 @dataclass
 class MusicDataConfig(DataConfig):
@@ -55,6 +60,7 @@ class MusicDataConfig(DataConfig):
     name: str = "jsb"
     file_format: MusicFormat = MusicFormat.mat
     verify_checksums: bool = True
+    train_loss: MusicTrainLoss = MusicTrainLoss.frame_mean  # the training loss only; the metric is per frame
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -117,6 +123,7 @@ class PolyphonicMusic(InMemorySequenceData):
         path = music_file(os.path.join(self.root, "music"), str(self.cfg.name), file_format,
                           bool(self.cfg.download), bool(self.cfg.verify_checksums))
         rolls = rolls_from_mat(path) if file_format == "mat" else rolls_from_pickle(path)
+        self.spec = replace(self.spec, loss=str(getattr(self.cfg.train_loss, "value", self.cfg.train_loss)))
         self.pieces: list[Tensor] = []
         self.splits = {}
         for split in SPLITS:

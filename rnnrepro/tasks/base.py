@@ -187,11 +187,18 @@ class Tag(ClassifyEach):
 
 
 class MultilabelEach(Task):
-    """Per-step multi-label (polyphonic music): Bernoulli NLL summed over keys, averaged over frames."""
+    """Per-step multi-label (polyphonic music): Bernoulli NLL summed over keys, averaged over frames. The training
+    loss is that average (``frame_mean``) or, as the Stable Recurrent Models JSB code trains, summed over each
+    sequence's frames and averaged over the batch (``piece_sum``; with one piece per batch, the code's sum)."""
 
     type = TaskType.multilabel_each
     sequence_output = True
     metric, mode = "nll", "min"
+
+    def __init__(self, loss: str = "frame_mean") -> None:
+        if loss not in ("frame_mean", "piece_sum"):
+            raise ValueError(f"multilabel_each loss must be frame_mean or piece_sum, got {loss!r}")
+        self.loss_name = loss
 
     def _frame_nll(self, out: Tensor, batch: dict) -> tuple[Tensor, Tensor]:
         nll = F.binary_cross_entropy_with_logits(out, batch["y"], reduction="none").sum(-1)  # (B, T)
@@ -200,7 +207,8 @@ class MultilabelEach(Task):
         return nll[mask], mask
 
     def loss(self, out: Tensor, batch: dict) -> Tensor:
-        return self._frame_nll(out, batch)[0].mean()
+        nll, _ = self._frame_nll(out, batch)
+        return nll.sum() / out.shape[0] if self.loss_name == "piece_sum" else nll.mean()
 
     def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
         nll, mask = self._frame_nll(out, batch)
