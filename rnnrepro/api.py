@@ -135,6 +135,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "train_extras": trainer.data.train_extras(),  # e.g. the curriculum T reached (string_memo)
         # paper-code protocol (trainer.report_best_test): the best test value over evaluations, never used to select
         "best_test_over_evals": trainer.p.best_test_over_evals, "best_test_step": trainer.p.best_test_step,
+        "stability_probe": tests.get("stability_probe"),  # trainer.stability_probe_every > 0 only
         "optimizer_switch": getattr(optimizer, "switched_at_validation", None),  # NT-ASGD: validation of the switch
     })
     _finish(summary, trainer, output_dir)

@@ -60,6 +60,12 @@ class TrainerConfig:
     # evaluation and record best_test_over_evals in summary.json. Never used for selection or checkpoints.
     report_best_test: bool = False
     checkpoint: bool = True
+    # Data-dependent stability (rnnrepro/stability.py; a harness design, spec S9): every N-th validation, the
+    # distribution of ||d s_t / d s_{t-1}||_2 over up to stability_probe_points validation time steps goes into the
+    # val row of metrics.csv, and at the end the test split's (best-validation weights) into summary.json. 0: off
+    stability_probe_every: int = 0
+    stability_probe_points: int = 1000
+    stability_probe_iterations: int = 50  # power iterations where the state has more than 256 entries
 
     def __post_init__(self) -> None:
         require(self.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {self.max_epochs}")
@@ -68,6 +74,10 @@ class TrainerConfig:
         require(self.eval_every_n_steps is None or self.eval_every_n_steps >= 1, "trainer.eval_every_n_steps",
                 f"must be >= 1 or null, got {self.eval_every_n_steps}")
         require(self.log_every_s >= 0, "trainer.log_every_s", f"must be >= 0, got {self.log_every_s}")
+        require(self.stability_probe_every >= 0, "trainer.stability_probe_every",
+                f"must be >= 0 (0: off), got {self.stability_probe_every}")
+        require(self.stability_probe_points >= 1 and self.stability_probe_iterations >= 1,
+                "trainer.stability_probe_points/iterations", "must be >= 1")
         require(self.grad_clip is None or self.grad_clip > 0, "trainer.grad_clip",
                 f"must be > 0 or null, got {self.grad_clip}")
         require(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "trainer.device",
@@ -170,9 +180,15 @@ def _check_algorithm_fits(cfg: Config) -> None:
             raise ConfigError(f"model.tie_weights=true shares the embedding ({embedding} wide) with the head (reads "
                              f"model.hidden_size={cfg.model.hidden_size}); set data.embedding_size="
                              f"{cfg.model.hidden_size}, or model.tie_weights=false")
+    if cfg.trainer.stability_probe_every and cfg.model.num_layers > 1:
+        raise ConfigError(f"trainer.stability_probe_every steps one recurrent layer; model.num_layers="
+                          f"{cfg.model.num_layers}. Set model.num_layers=1 or trainer.stability_probe_every=0")
     name = cfg.algorithm.name.value
     if name not in ONLINE_ALGORITHMS:
         return
+    if cfg.model.truncation is not None or not getattr(cfg.model, "lstm_recurrent", True):
+        raise ConfigError(f"algorithm={name} steps the cell itself; the truncated model (model.truncation, "
+                          "model.lstm_recurrent=false) runs only under algorithm=bptt / tbptt")
     dropout = cfg.model.dropout
     active = [f"model.dropout.{k}" for k in ("input", "between", "output", "embedding", "weight")
               if getattr(dropout, k) > 0]

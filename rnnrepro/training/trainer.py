@@ -42,6 +42,7 @@ class Progress:
     best_test_step: int | None = None
     wall_time_s: float = 0.0
     last_eval_step: int = -1
+    validations: int = 0
     train_loss_sum: float = 0.0
     train_loss_count: int = 0
     diagnostic_sums: dict = field(default_factory=dict)  # algorithm diagnostics (e.g. OK's), averaged per train row
@@ -154,6 +155,11 @@ class Trainer:
                 checkpoint.save_atomic({"model": self.model.state_dict(), "step": self.p.step}, self.best_path)
             if self.tcfg.report_best_test:  # compatibility number only: never used for selection
                 test = self._evaluate("test")
+            self.p.validations += 1
+            every = int(self.tcfg.stability_probe_every)
+            if every and self.p.validations % every == 0:
+                probe = self.stability_probe("val")
+                metrics.update({f"jac_norm_{k}": probe[k] for k in ("median", "q90", "max", "frac_below_1")})
         self._log_row("val", metrics)
         if self.tcfg.report_best_test:
             self._log_row("test_each_eval", test)
@@ -172,6 +178,16 @@ class Trainer:
         self.p.last_eval_step = self.p.step
         if self.tcfg.checkpoint:
             self.save_last()
+
+    def stability_probe(self, split: str) -> dict:
+        """The state-Jacobian norm distribution on ``split`` with the current weights (rnnrepro/stability.py)."""
+        from rnnrepro.stability import stability_probe
+
+        limit = self.tcfg.limit_eval_batches
+        batches = (self._to_device(b) for i, b in enumerate(self.data.eval_batches(split))
+                   if limit is None or i < limit)
+        return stability_probe(self.model, batches, int(self.tcfg.stability_probe_points),
+                               int(self.tcfg.stability_probe_iterations))
 
     # ------------------------------------------------------------------------------------------- checkpoints
     def save_last(self) -> None:
@@ -295,5 +311,7 @@ class Trainer:
             self.model.load_state_dict(checkpoint.load(self.best_path)["model"])
             result["test_at_best_val"] = self._evaluate("test")  # best.pt already holds the evaluated weights
             self._log_row("test_at_best_val", result["test_at_best_val"])
+            if self.tcfg.stability_probe_every:
+                result["stability_probe"] = {"split": "test", "weights": "best_val", **self.stability_probe("test")}
             self.model.load_state_dict(current)
         return result
