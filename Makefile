@@ -36,10 +36,11 @@ test-full: setup ## every test, the slow ones included
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
 
-bench: setup ## time every cell beside nn.LSTM, the online algorithms against n, and the recipes (layers/dropout, denormals, allocator); writes results/bench/
+bench: setup ## time every cell beside nn.LSTM, the online algorithms against n, the recipes (layers/dropout, denormals, allocator) and the stable-model projections; writes results/bench/
 	$(FAST_MALLOC) $(PY) scripts/bench.py
 	$(FAST_MALLOC) $(PY) scripts/bench_online.py
 	$(FAST_MALLOC) $(PY) scripts/bench_recipes.py
+	$(FAST_MALLOC) $(PY) scripts/bench_stable.py
 
 reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [ARGS=overrides]
 	$(FAST_MALLOC) $(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER) --jobs $(JOBS) $(ARGS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
