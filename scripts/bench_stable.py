@@ -14,6 +14,7 @@ normalisation (10 iterations, as table1_jsb_rnn_stable), and the LSTM's l1 row n
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     sha, dirty = git_info()
     prov = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "git_sha": sha + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "wall_s": round(time.time() - started, 1), "repeats": args.repeats, "frames": args.frames, "hidden": n}
+            "wall_s": round(time.time() - started, 1), "repeats": args.repeats, "frames": args.frames, "hidden": n,
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / "stable-cpu"
     frame.assign(**prov).to_csv(stem.with_suffix(".csv"), index=False)
@@ -122,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
              "Written by `scripts/bench_stable.py` (`make bench`); one process, interleaved rounds; median and IQR in "
              "ms. See the script's docstring for the protocol.", "",
              f"- CPU: {prov['cpu']}, {prov['threads']} thread(s); torch {prov['torch']}; git {prov['git_sha']}; "
-             f"{prov['date']}; n = {n}, one piece of {args.frames} frames; {args.repeats} rounds", "",
+             f"{prov['date']}; n = {n}, one piece of {args.frames} frames; {args.repeats} rounds; load average "
+             f"{prov['load_avg_1min']} at the end (other runs share the CPU when it exceeds the thread count: "
+             "then compare the shares, not the absolute times)", "",
              f"**Verdict**: at n = {n} the code's SVD clip takes {100 * svd:.1f}% of a projected RNN step, power "
              f"iteration {100 * power:.1f}%.", "",
              frame.to_markdown(index=False), ""]
