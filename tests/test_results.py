@@ -37,8 +37,13 @@ def test_not_found_cells_stay_empty_and_log_values_are_labelled():
     stable = load_expected(str(REPO / "results"), "stable_recurrent_models")
     assert stable.reported.isna().all()  # Table 1 was not read: no value may be filled in
     table1 = stable[stable.table == "table1"]
-    assert set(table1.row) == {"Unstable RNN", "Unstable LSTM"} and len(table1) == 8
+    assert set(table1.row) == {"Stable RNN", "Unstable RNN", "Stable LSTM", "Unstable LSTM"} and len(table1) == 16
     assert (table1.reported_kind == "paper").all() and table1.source.str.startswith("[not found]").all()
+    # other papers' numbers sit in their own column, never in "reported"
+    external = table1.set_index("experiment").external
+    assert external["stable_recurrent_models/table1_jsb_lstm_stable"].startswith("8.45 (LSTM; Bai, Kolter, Koltun")
+    assert external["stable_recurrent_models/table1_atis_rnn_unstable"].startswith("94.98 (Elman RNN; Mesnil")
+    assert external.notna().sum() == 8
     assert (stable[stable.table != "table1"].reported_kind == "none").all()  # extensions: no paper cell
     momentum = load_expected(str(REPO / "results"), "momentum_rnn")
     logged = momentum.dropna(subset=["reported"])
@@ -69,6 +74,22 @@ def test_not_found_reported_values_stay_empty(tmp_path):
     assert "smoke: pipeline check, not a reproduction" in text
     assert "not found" in text and "abc1234567" in text and "cpu (test)" in text
     assert path.endswith("t.smoke.md") and (tmp_path / "p" / "t.smoke.csv").exists()
+
+
+def test_external_reference_gets_its_own_labelled_column_and_no_diff(tmp_path):
+    expected = pd.Series({"column": "JSB", "row": "Stable LSTM", "unit": "", "reported": float("nan"),
+                          "reported_kind": "paper", "experiment": "p/z", "source": "[not found]",
+                          "external": "8.45 (LSTM; another paper)"})
+    cell = summarise_cell(expected, [_summary(8.1, 8.2)])
+    assert cell["external reference (not this paper)"] == "8.45 (LSTM; another paper)" and cell["diff"] == "—"
+    text = open(write_table(str(tmp_path), "p", "t", "full", pd.DataFrame([cell]), "make")).read()
+    header = next(line for line in text.splitlines() if line.startswith("| column"))
+    assert [c.strip() for c in header.split("|")].index("external reference (not this paper)") == \
+        [c.strip() for c in header.split("|")].index("diff") - 1
+    assert "not this paper's result" in text
+    plain = summarise_cell(expected.drop("external"), [_summary(8.1, 8.2)])
+    assert "external reference (not this paper)" not in open(write_table(str(tmp_path), "p", "u", "full", pd.DataFrame([plain]),
+                                                        "make")).read()
 
 
 def test_reproduce_tables_dry_run_plans_every_row():

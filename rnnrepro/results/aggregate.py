@@ -122,6 +122,7 @@ def summarise_cell(expected: pd.Series, summaries: list[dict], planned: int | No
         "failed_or_diverged": len(summaries) - len(ok),
         "reported": f"{reported:g}" if has_reported else "not found",
         "reported_kind": expected["reported_kind"],
+        EXTERNAL_COLUMN: external if isinstance(external := expected.get("external"), str) else "",
         "diff": f"{mean_best - reported:+.{digits}f}" if (has_reported and mean_best is not None) else "—",
         "unit": expected["unit"], "notes": "; ".join(notes),
         "mean_test_at_best_val": mean_best, "std_test_at_best_val": std_best,
@@ -142,6 +143,9 @@ MARKDOWN_COLUMNS = ["column", "row", "test_at_best_val", "test_last", "seeds", "
 # Shown only in tables holding a cell whose reported value comes from a code that selects on the test set
 # (results/expected column ``protocol`` = best_test; runs need trainer.report_best_test=true). Never the headline.
 BEST_TEST_COLUMN = "best test (paper-code protocol)"
+# Shown only in tables holding a cell with a value in the optional results/expected column ``external``: a published
+# number of another paper for the same task and metric, for orientation where the paper's own value is not found.
+EXTERNAL_COLUMN = "external reference (not this paper)"
 
 
 def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
@@ -153,6 +157,9 @@ def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, comma
     compat = BEST_TEST_COLUMN in rows and rows[BEST_TEST_COLUMN].astype(str).str.len().gt(0).any()
     if compat:
         columns.insert(columns.index("seeds"), BEST_TEST_COLUMN)
+    external = EXTERNAL_COLUMN in rows and rows[EXTERNAL_COLUMN].astype(str).str.len().gt(0).any()
+    if external:
+        columns.insert(columns.index("diff"), EXTERNAL_COLUMN)
     lines = [
         f"# {paper} / {table}",
         "",
@@ -166,7 +173,9 @@ def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, comma
         "best val) − reported."
         + (f" `{BEST_TEST_COLUMN}`: the best test value over all evaluations, the selection the paper's code made "
            "on its test set; shown for comparison with such reported numbers only, never used to select."
-           if compat else ""),
+           if compat else "")
+        + (f" `{EXTERNAL_COLUMN}`: a published number of another paper on the same task and metric, for orientation "
+           "only; it is not this paper's result and `diff` ignores it." if external else ""),
         "",
         rows[columns].to_markdown(index=False),
         "",
