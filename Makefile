@@ -42,7 +42,7 @@ bench: setup ## time every cell beside nn.LSTM, the online algorithms against n,
 	$(FAST_MALLOC) $(PY) scripts/bench_recipes.py
 	$(FAST_MALLOC) $(PY) scripts/bench_stable.py
 
-reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [ARGS=overrides]
+reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|reduced|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [ARGS=overrides]
 	$(FAST_MALLOC) $(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER) --jobs $(JOBS) $(ARGS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 
 clean: ## remove run outputs (not results/)

@@ -112,8 +112,11 @@ class MetaConfig:
     paper: str | None = None
     table: str | None = None
     row: str | None = None
-    tier: str | None = None  # smoke | full, set by scripts/reproduce_tables.py
+    tier: str | None = None  # smoke | reduced | full, set by scripts/reproduce_tables.py
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # the seeds a paper table averages over
+    # The reduced tier's overrides (reproduce_tables.py --tier reduced): a stated smaller budget for a preset whose
+    # full budget does not fit this machine. Empty: the preset has no reduced tier
+    reduced: list = field(default_factory=list)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Runs (or reuses) the runs behind each paper table and renders results/<paper>/<table>.md and .csv.
 
-    python scripts/reproduce_tables.py --tier smoke|full [--paper NAME|all] [--jobs N] [--dry-run]
+    python scripts/reproduce_tables.py --tier smoke|reduced|full [--paper NAME|all] [--jobs N] [--dry-run]
 
 Every table cell in results/expected/<paper>.csv names the experiment preset that reproduces it. Each preset runs
 once per seed in ``meta.seeds`` (smoke: the first two) through the normal CLI, ``python run.py experiment=...``,
@@ -17,6 +17,10 @@ default (new features default to off), or, for the keys in LEGACY_BEHAVIOUR whos
 - same config, interrupted (last.pt): resumed;
 - different config: the old directory is moved aside to ``seed_<k>.superseded-<UTC time>`` (never deleted) and the run
   starts fresh.
+
+The reduced tier runs only the presets that declare ``meta.reduced``, a list of overrides giving a stated smaller
+budget (for presets whose full budget does not fit the machine); its tables are <table>.reduced.md, labelled as not
+the paper's budget, with the overrides in each cell's notes.
 
 The smoke tier caps training at a few steps so that the whole pipeline runs on a 2-core CPU in minutes; its tables are
 written to <table>.smoke.md and labelled as a pipeline check.
@@ -57,11 +61,19 @@ SMOKE_OVERRIDES = ["trainer.max_epochs=1", "trainer.max_steps=10", "trainer.limi
 SMOKE_SEEDS = 2
 
 
+def preset_meta(experiment: str) -> dict:
+    with open(REPO / "conf" / "experiment" / f"{experiment}.yaml") as f:
+        return (yaml.safe_load(f) or {}).get("meta") or {}
+
+
 def preset_seeds(experiment: str) -> list[int]:
     """meta.seeds of a preset (read from its YAML; default [0, 1, 2])."""
-    with open(REPO / "conf" / "experiment" / f"{experiment}.yaml") as f:
-        data = yaml.safe_load(f) or {}
-    return list((data.get("meta") or {}).get("seeds", [0, 1, 2]))
+    return list(preset_meta(experiment).get("seeds", [0, 1, 2]))
+
+
+def preset_reduced(experiment: str) -> list[str]:
+    """meta.reduced of a preset: the overrides of its reduced tier (empty: it has none)."""
+    return [str(o) for o in preset_meta(experiment).get("reduced", [])]
 
 
 def selected(experiment: str, patterns: list[str] | None) -> bool:
@@ -78,17 +90,21 @@ def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str], only: lis
         seeds = preset_seeds(cell["experiment"])
         if tier == "smoke":
             seeds = seeds[:SMOKE_SEEDS]
+        reduced = preset_reduced(cell["experiment"])
+        if tier == "reduced" and not reduced:
+            continue  # no reduced tier: its cells say "not run here"
         for seed in seeds:
             run_dir = runs_dir / tier / cell["experiment"] / f"seed_{seed}"
             overrides = [f"experiment={cell['experiment']}", f"seed={seed}", f"meta.tier={tier}"]
-            overrides += (SMOKE_OVERRIDES if tier == "smoke" else []) + extra
+            overrides += (SMOKE_OVERRIDES if tier == "smoke" else reduced if tier == "reduced" else []) + extra
             runs.append({"experiment": cell["experiment"], "seed": seed, "dir": run_dir, "overrides": overrides})
     return runs
 
 
 # Keys that do not change what a run computes: where data lives, threads, progress output, logging mirrors.
 IGNORED_KEYS = ("data.root", "data.download", "data.num_workers", "trainer.num_threads", "trainer.progress_bar",
-                "trainer.log_every_s", "trainer.checkpoint", "logger", "output_dir", "resume", "meta.seeds")
+                "trainer.log_every_s", "trainer.checkpoint", "logger", "output_dir", "resume", "meta.seeds",
+                "meta.reduced")  # meta.reduced: the overrides it lists are compared where they apply
 
 
 _COMPOSE_LOCK = threading.Lock()  # Hydra's global state is not thread-safe (runs are planned from a thread pool)
@@ -224,14 +240,18 @@ def render(paper: str, tier: str, runs: list[dict], command: str, only: list[str
         rows = []
         for _, cell in cells.iterrows():
             dirs = [str(r["dir"]) for r in runs if r["experiment"] == cell["experiment"]]
-            rows.append(summarise_cell(cell, load_summaries(dirs), planned=len(dirs)))
+            row = summarise_cell(cell, load_summaries(dirs), planned=len(dirs))
+            if tier == "reduced" and dirs:
+                budget = "reduced budget: " + " ".join(preset_reduced(cell["experiment"]))
+                row["notes"] = "; ".join(n for n in (budget, row["notes"]) if n)
+            rows.append(row)
         written.append(write_table(str(RESULTS), paper, str(table), tier, pd.DataFrame(rows), command))
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tier", choices=["smoke", "full"], default="smoke")
+    parser.add_argument("--tier", choices=["smoke", "reduced", "full"], default="smoke")
     parser.add_argument("--paper", default="all", help="a file name under results/expected/ (without .csv), or all")
     parser.add_argument("--runs-dir", default=os.environ.get("RNNREPRO_RUNS") or str(REPO / "runs" / "reproduce"),
                         help="where the runs live (default: $RNNREPRO_RUNS, else runs/reproduce in the checkout)")

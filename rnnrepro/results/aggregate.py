@@ -17,6 +17,8 @@ from rnnrepro.results.summary import read_summary
 
 TIER_LABELS = {
     "smoke": "smoke: pipeline check, not a reproduction (tiny budgets; numbers say nothing about the papers)",
+    "reduced": "reduced: a stated smaller budget (each preset's meta.reduced, in the notes), not the paper's; not a "
+               "reproduction",
     "full": "full: the papers' budgets",
 }
 
