@@ -201,7 +201,6 @@ class TanhRNN(_FusedCell, KroneckerCell):
             # one right singular vector estimate per layer, carried from step to step (and saved with the weights)
             start = torch.randn(self.num_layers, hidden_size, generator=torch.Generator().manual_seed(0))
             self.register_buffer("_power_v", start / start.norm(dim=1, keepdim=True))
-        self.last_projection: list[float] = []  # sigma_max of each layer before the last projection
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
@@ -209,16 +208,12 @@ class TanhRNN(_FusedCell, KroneckerCell):
         if not self.stable.get("enabled"):
             return
         max_sv = float(self.stable.get("max_sv", 1.0))
-        sigmas = []
         for layer in range(self.num_layers):
             weight = self.weight("weight_hh", layer)
             if self.stable.get("method", "svd") == "power_iter":
-                sigma = normalise_spectral_(weight, self._power_v[layer], max_sv,
-                                            int(self.stable.get("power_iterations", 1)))
+                normalise_spectral_(weight, self._power_v[layer], max_sv, int(self.stable.get("power_iterations", 1)))
             else:
-                sigma = clip_singular_values_(weight, max_sv)[0]
-            sigmas.append(sigma)
-        self.last_projection = sigmas  # tensors: no host sync per step
+                clip_singular_values_(weight, max_sv)
 
     def project_layer(self, x: Tensor, layer: int) -> Tensor:
         return F.linear(x, self.weight("weight_ih", layer),
