@@ -64,6 +64,14 @@ def test_cell_statistics_and_difference():
     assert cell["diff"] == "+0.00" and cell["reported"] == "98"
 
 
+def test_one_seed_has_no_spread():
+    expected = pd.Series({"column": "JSB", "row": "X", "unit": "", "reported": 8.0, "reported_kind": "paper",
+                          "experiment": "p/x", "source": "[paper]"})
+    cell = summarise_cell(expected, [_summary(8.5, 8.6)])
+    assert cell["test_at_best_val"] == "8.500 (one seed)" and cell["std_test_at_best_val"] is None
+    assert cell["diff"] == "+0.500"
+
+
 def test_not_found_reported_values_stay_empty(tmp_path):
     expected = pd.Series({"column": "pMNIST", "row": "Y", "unit": "%", "reported": float("nan"),
                           "reported_kind": "paper", "experiment": "p/y", "source": "[not found]"})

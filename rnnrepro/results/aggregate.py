@@ -59,7 +59,9 @@ def _mean_std(values: list[float], digits: int) -> tuple[float | None, float | N
     if not vals:
         return None, None, "—"
     mean = float(np.mean(vals))
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    if len(vals) == 1:  # a sample std needs two seeds: say so rather than print "± 0"
+        return mean, None, f"{mean:.{digits}f} (one seed)"
+    std = float(np.std(vals, ddof=1))
     return mean, std, f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
