@@ -96,8 +96,8 @@ def test_external_reference_gets_its_own_labelled_column_and_no_diff(tmp_path):
         [c.strip() for c in header.split("|")].index("diff") - 1
     assert "not this paper's result" in text
     plain = summarise_cell(expected.drop("external"), [_summary(8.1, 8.2)])
-    assert "external reference (not this paper)" not in open(write_table(str(tmp_path), "p", "u", "full", pd.DataFrame([plain]),
-                                                        "make")).read()
+    plain_path = write_table(str(tmp_path), "p", "u", "full", pd.DataFrame([plain]), "make")
+    assert "external reference (not this paper)" not in open(plain_path).read()
 
 
 def test_reproduce_tables_dry_run_plans_every_row():
