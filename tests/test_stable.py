@@ -366,3 +366,28 @@ def test_truncation_script_on_a_trained_run(compose_cfg, tmp_path):
     assert (out.parent / "trunc.png").exists() and "Provenance" in (out.parent / "trunc.md").read_text()
     assert str(tmp_path) not in (out.parent / "trunc.md").read_text()  # no machine paths in the report
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_truncation_script_compares_trained_truncated_runs(compose_cfg, tmp_path):
+    """Part (b): a run trained with model.truncation=k against the recurrent run of the same preset and seed."""
+    write_tiny_music(tmp_path / "data")
+    common = ["model=rnn", "dataset=jsb", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false",
+              "model.hidden_size=16", "trainer.max_steps=3", "seed=3"]
+    summaries = {}
+    for name, extra in (("recurrent", []), ("k2", ["model.truncation=2"])):
+        summaries[name] = run(compose_cfg(*common, *extra, output_dir=tmp_path / name))
+        assert summaries[name]["status"] == "completed"
+    out = tmp_path / "report" / "trained"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "truncation.py"), f"runs=[{tmp_path / 'recurrent'}]",
+                           "ks=[1,2]", "probe=false", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}",
+                           f"trained=[{{recurrent:{tmp_path / 'recurrent'},truncated:[{tmp_path / 'k2'}]}}]"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import pandas as pd
+
+    trained = pd.read_csv(f"{out}_trained.csv")
+    assert trained.k.tolist() == [2] and trained.seed.tolist() == [3]
+    gap = summaries["k2"]["test_at_best_val"] - summaries["recurrent"]["test_at_best_val"]
+    assert trained.test_gap.iloc[0] == pytest.approx(gap)
+    assert 0 < trained.relative_weight_distance.iloc[0] < 1  # same init, three different steps
+    assert "Trained truncated models" in (out.parent / "trained.md").read_text()
