@@ -157,6 +157,21 @@ def _label(cfg, run_dir: str) -> str:
     return f"{row} ({cfg.data.name}, seed {cfg.seed})"
 
 
+def _where(run_dir: str) -> str:
+    """The run directory without machine paths: relative to $RNNREPRO_RUNS when under it, else its last 3 parts."""
+    path, root = Path(run_dir).resolve(), os.environ.get("RNNREPRO_RUNS")
+    if root and path.is_relative_to(Path(root).resolve()):
+        return str(path.relative_to(Path(root).resolve()))
+    return "/".join(path.parts[-3:])
+
+
+def _run_meta(label: str, run_dir: str, summary: dict) -> dict:
+    budget = f", {summary.get('steps')} steps" if summary.get("steps") else ""
+    return {"run": label, "where": f"$RNNREPRO_RUNS/{_where(run_dir)}{budget}",
+            "git_sha": summary.get("git_sha"), "git_dirty": summary.get("git_dirty"),
+            "device": summary.get("device_name"), "finished_at": summary.get("finished_at")}
+
+
 @hydra.main(version_base="1.3", config_path=str(REPO / "conf"), config_name="truncation")
 def main(cfg: DictConfig) -> None:
     if not cfg.runs and not cfg.trained:
@@ -181,21 +196,20 @@ def main(cfg: DictConfig) -> None:
         probes.append({"label": label, "experiment": run_cfg.meta.experiment, "split": cfg.split,
                        "rate": rates[label], **{f"probe_{k}": v for k, v in probe.items()},
                        **recurrent_weight_norms(model)})
-        runs_meta.append({"run": label, "where": f"{run_cfg.meta.tier}/{run_cfg.meta.experiment}/seed_{run_cfg.seed}",
-                          "git_sha": summary.get("git_sha"), "git_dirty": summary.get("git_dirty"),
-                          "device": summary.get("device_name"), "finished_at": summary.get("finished_at")})
+        runs_meta.append(_run_meta(label, str(run_dir), summary))
         print(f"{label}: fitted rate {rates[label]:.4f}; probe {probe}", flush=True)
 
     out = str(cfg.out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     sha, dirty = git_info()
-    lines = [f"# {cfg.title}", "",
-             "The k-truncated model (the zero state, then the last k inputs: `model.truncation=k`, the feed-forward "
+    lines = [f"# {cfg.title}", ""]
+    intro = ["The k-truncated model (the zero state, then the last k inputs: `model.truncation=k`, the feed-forward "
              "approximation of Stable Recurrent Models, spec S5) against the recurrent model with the same weights "
              f"(each run's best-validation checkpoint), on the {cfg.split} split. `distance_mean` / `distance_max`: "
              "the l2 distance between their predictions per predicted step. `metric_gap` = truncated - recurrent. "
              "`rate`: exp(slope) of the least-squares fit of log(distance_mean) against k.", ""]
     if rows:
+        lines += intro
         frame = pd.DataFrame(rows)
         frame.to_csv(out + ".csv", index=False)
         plot(frame, rates, out + ".png", str(cfg.title))
@@ -214,8 +228,12 @@ def main(cfg: DictConfig) -> None:
         trained_rows = []
         for pair in cfg.trained:
             rec_cfg, rec_data, rec_model, rec_summary = load_run(str(pair.recurrent), cfg.data_root)
+            runs_meta.append(_run_meta(f"recurrent k=none ({rec_cfg.meta.experiment})", str(pair.recurrent),
+                                       rec_summary))
             for run_dir in pair.truncated:
                 tr_cfg, _, tr_model, tr_summary = load_run(str(run_dir), cfg.data_root)
+                runs_meta.append(_run_meta(f"k={tr_cfg.model.truncation} ({tr_cfg.meta.experiment})", str(run_dir),
+                                           tr_summary))
                 trained_rows.append({
                     "experiment": rec_cfg.meta.experiment, "seed": rec_cfg.seed, "k": tr_cfg.model.truncation,
                     "test_recurrent": rec_summary.get("test_at_best_val"),
@@ -233,7 +251,7 @@ def main(cfg: DictConfig) -> None:
                   "||w_truncated - w_recurrent|| / ||w_recurrent|| over all parameters.", "",
                   trained.to_markdown(index=False, floatfmt=".4g"), ""]
     lines += ["Provenance",
-              f"- command: `python scripts/truncation.py` with ks={ks}, split={cfg.split}, "
+              f"- command: `python scripts/truncation.py` with ks={ks if rows else '(none)'}, split={cfg.split}, "
               f"limit_batches={cfg.limit_batches}, probe_points={cfg.probe_points}, "
               f"probe_iterations={cfg.probe_iterations}",
               "- runs: " + "; ".join(f"{m['run']} = {m['where']}" for m in runs_meta),
