@@ -113,13 +113,15 @@ def test_train_fraction_is_a_seeded_subset_with_validation_unchanged(compose_cfg
     write_tiny_har(tmp_path, n_train=400, subjects=10)
     full = _har(compose_cfg, tmp_path)
     tenth = _har(compose_cfg, tmp_path, "data.train_fraction=0.1")
-    assert len(tenth.splits["train"]) == 32 and set(tenth.splits["train"].tolist()) < set(full.splits["train"].tolist())
-    assert torch.equal(tenth.splits["val"], full.splits["val"]) and torch.equal(tenth.splits["test"], full.splits["test"])
-    assert torch.equal(_har(compose_cfg, tmp_path, "data.train_fraction=0.1").splits["train"], tenth.splits["train"])
-    assert not torch.equal(_har(compose_cfg, tmp_path, "data.train_fraction=0.1", "data.split_seed=1").splits["train"],
-                           tenth.splits["train"])
+    kept = tenth.splits["train"]
+    assert len(kept) == 32 and set(kept.tolist()) < set(full.splits["train"].tolist())
+    assert torch.equal(tenth.splits["val"], full.splits["val"])
+    assert torch.equal(tenth.splits["test"], full.splits["test"])
+    assert torch.equal(_har(compose_cfg, tmp_path, "data.train_fraction=0.1").splits["train"], kept)
+    reseeded = _har(compose_cfg, tmp_path, "data.train_fraction=0.1", "data.split_seed=1")
+    assert not torch.equal(reseeded.splits["train"], kept)
     # standardised with the subset's own statistics
-    kept = tenth.x[tenth.splits["train"]].reshape(-1, 9)
-    assert torch.allclose(kept.mean(0), torch.zeros(9), atol=1e-4)
+    standardised = tenth.x[kept].reshape(-1, 9)
+    assert torch.allclose(standardised.mean(0), torch.zeros(9), atol=1e-4)
     with pytest.raises(ConfigError, match="^data.train_fraction"):
         validate(compose_cfg("dataset=har2", "data.train_fraction=0"))

@@ -57,9 +57,10 @@ class SBOGradImpl(str, Enum):
 
 
 # The official code's bug is a never-trained dense U = I + P Q; it trains the sparse w (spec section 7 item 1).
-TRAIN_RECURRENT_ONLY_DENSE = ("false (the official code's untrained U = I + P Q) applies to model.recurrent=dense_lowrank "
-                              "only: the official code trains the sparse w, and full / diagonal have no code "
-                              "counterpart. Drop model.train_recurrent=false or set model.recurrent=dense_lowrank")
+TRAIN_RECURRENT_ONLY_DENSE = ("false (the official code's untrained U = I + P Q) applies to "
+                              "model.recurrent=dense_lowrank only: the official code trains the sparse w, and full / "
+                              "diagonal have no code counterpart. Drop model.train_recurrent=false or set "
+                              "model.recurrent=dense_lowrank")
 
 
 @register_schema("model", "sbo")
