@@ -159,7 +159,18 @@ def validate(cfg: DictConfig) -> Config:
     _reject_unknown_keys(cfg, "")
     typed = OmegaConf.to_object(cfg)
     _check_algorithm_fits(typed)
+    _check_schedule(typed)
     return typed
+
+
+def _check_schedule(cfg: Config) -> None:
+    """A weight-decay schedule scales optimizer.weight_decay: from 0 it would silently do nothing."""
+    sched = cfg.scheduler
+    if sched.name.value == "linear" and sched.target.value == "weight_decay" and \
+            not getattr(cfg.optimizer, "weight_decay", 0.0):
+        raise ConfigError("scheduler.target=weight_decay scales optimizer.weight_decay, which is 0 here, so the "
+                          "schedule would do nothing. Set optimizer.weight_decay (e.g. optimizer.weight_decay=1e-4) "
+                          "or scheduler=none")
 
 
 ONLINE_ALGORITHMS = ("rtrl", "uoro", "kf_rtrl", "ok")

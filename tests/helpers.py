@@ -48,20 +48,23 @@ def write_tiny_ptb(root: Path) -> Path:
     return Path(root)
 
 
-def write_tiny_har(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
-    """UCI HAR's layout: one whitespace-separated text file per signal (N rows x 128), y_*.txt with ids 1..6."""
+def write_tiny_har(root: Path, n_train: int = 40, n_test: int = 12, seed: int = 0, subjects: int = 10) -> Path:
+    """UCI HAR's layout: one whitespace-separated text file per signal (N rows x 128), y_*.txt with ids 1..6 and
+    subject_*.txt with subject ids (contiguous blocks of windows, as in UCI HAR; test subjects differ from train's)."""
     from rnnrepro.data.har import har_files
 
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         paths = har_files(str(root), split)
         activities = rng.integers(1, 7, size=n)
-        for c, path in enumerate(paths[:-1]):
+        for c, path in enumerate(paths[:-2]):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             # channel c carries a class-dependent offset so that a model can learn the task
             signal = rng.normal(size=(n, 128)) + (np.isin(activities, (2, 4, 6)) * 2.0 - 1.0)[:, None] * (c == 0)
             np.savetxt(path, signal * (c + 1) + c, fmt="%.7e")
-        np.savetxt(paths[-1], activities, fmt="%d")
+        np.savetxt(paths[-2], activities, fmt="%d")
+        first = 1 if split == "train" else subjects + 1
+        np.savetxt(paths[-1], first + np.arange(n) * subjects // n, fmt="%d")
     return Path(root)
 
 

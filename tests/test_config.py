@@ -58,6 +58,8 @@ def test_invalid_enum_value_lists_allowed_values(compose_cfg):
         (["model=antisym", "model.eps=0"], "model.eps"),
         (["model=antisym", "model.eps=-1"], "model.eps"),
         (["model=antisym", "model.gamma=-0.1"], "model.gamma"),
+        (["model=antisym", "model.gamma=0"], "model.gamma"),   # spec section 8: gamma = 0 diverges
+        (["model=antisym_gated", "model.gamma=0.0"], "model.gamma"),
         (["model.eta=0"], "model.eta"),
         (["model.eta=-1e-3"], "model.eta"),
         (["data.batch_size=0"], "data.batch_size"),

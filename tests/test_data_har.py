@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from helpers import write_tiny_har
 from rnnrepro.api import run
-from rnnrepro.config import validate
+from rnnrepro.config import ConfigError, validate
 from rnnrepro.data import DataNotFoundError, build_datamodule
 from rnnrepro.data.har import SIGNALS
 
@@ -51,9 +53,16 @@ def test_softmax_mse_loss_and_the_bug_compatible_ten_way_head(compose_cfg, tmp_p
 
     task = build_task(TaskType.classify_last, loss="softmax_mse")
     logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
-    p = logits.softmax(-1)
-    expected = ((p[0, 0] - 1) ** 2 + p[0, 1] ** 2 + (p[1, 0] - 1) ** 2 + p[1, 1] ** 2) / 2
-    assert float(task.loss(logits, {"y": y})) == pytest.approx(float(expected))
+    # by hand: softmax([2, 0]) = (e^2, 1) / (e^2 + 1), softmax([0, 1]) = (1, e) / (1 + e); nn.MSELoss() averages
+    # the 4 squared errors over the batch (2) and the classes (2)
+    a, b = math.exp(2) / (math.exp(2) + 1), 1 / (1 + math.e)
+    expected = ((a - 1) ** 2 + (1 - a) ** 2 + (b - 1) ** 2 + (1 - b) ** 2) / 4
+    assert float(task.loss(logits, {"y": y})) == pytest.approx(expected, rel=1e-6)
+    assert float(task.loss(logits, {"y": y})) == pytest.approx(
+        float(torch.nn.MSELoss()(logits.softmax(-1), F.one_hot(y, 2).float())), rel=1e-6)
+    ten = torch.zeros(2, 10)  # the code's 10-way head: the mean runs over 10 classes
+    p = 1 / 10
+    assert float(task.loss(ten, {"y": y})) == pytest.approx(((p - 1) ** 2 + 9 * p**2) * 2 / 20, rel=1e-6)
     assert float(build_task(TaskType.classify_last).loss(logits, {"y": y})) == pytest.approx(
         float(F.cross_entropy(logits, y)))
 
@@ -62,3 +71,57 @@ def test_softmax_mse_loss_and_the_bug_compatible_ten_way_head(compose_cfg, tmp_p
                               "data.loss=softmax_mse"))
     assert summary["status"] == "completed"
     assert summary["data"]["head_outputs"] == 10 and summary["data"]["loss"] == "softmax_mse"
+
+
+def _har(compose_cfg, root, *overrides):
+    data = build_datamodule(compose_cfg("dataset=har2", f"data.root={root}", "data.download=false", *overrides).data,
+                            0)
+    data.setup()
+    return data
+
+
+def _subjects(root) -> torch.Tensor:
+    from rnnrepro.data.har import read_split
+
+    return read_split(str(root), "train")[2]
+
+
+def test_subject_split_holds_out_whole_subjects(compose_cfg, tmp_path):
+    """The default validation split shares no subject with training (their windows overlap by 50%)."""
+    write_tiny_har(tmp_path, n_train=100, subjects=10)
+    data = _har(compose_cfg, tmp_path)
+    subjects = _subjects(tmp_path)
+    train, val = set(subjects[data.splits["train"]].tolist()), set(subjects[data.splits["val"]].tolist())
+    assert not train & val and len(val) == 2 and len(train) == 8  # round(0.2 x 10) subjects
+    assert sorted(val) == data.describe()["val_subjects"] and data.describe()["val_split"] == "subject"
+    assert len(data.splits["val"]) == 20 and len(data.splits["train"]) == 80
+    # seeded: the same subjects again, others with another split_seed
+    assert _har(compose_cfg, tmp_path).describe()["val_subjects"] == sorted(val)
+    others = {tuple(_har(compose_cfg, tmp_path, f"data.split_seed={s}").describe()["val_subjects"]) for s in range(6)}
+    assert len(others) > 1
+
+
+def test_window_split_mixes_subjects(compose_cfg, tmp_path):
+    write_tiny_har(tmp_path, n_train=100, subjects=10)
+    data = _har(compose_cfg, tmp_path, "data.val_split=window")
+    subjects = _subjects(tmp_path)
+    assert set(subjects[data.splits["train"]].tolist()) & set(subjects[data.splits["val"]].tolist())
+    assert len(data.splits["val"]) == 20 and data.describe()["val_subjects"] is None
+
+
+def test_train_fraction_is_a_seeded_subset_with_validation_unchanged(compose_cfg, tmp_path):
+    write_tiny_har(tmp_path, n_train=400, subjects=10)
+    full = _har(compose_cfg, tmp_path)
+    tenth = _har(compose_cfg, tmp_path, "data.train_fraction=0.1")
+    kept = tenth.splits["train"]
+    assert len(kept) == 32 and set(kept.tolist()) < set(full.splits["train"].tolist())
+    assert torch.equal(tenth.splits["val"], full.splits["val"])
+    assert torch.equal(tenth.splits["test"], full.splits["test"])
+    assert torch.equal(_har(compose_cfg, tmp_path, "data.train_fraction=0.1").splits["train"], kept)
+    reseeded = _har(compose_cfg, tmp_path, "data.train_fraction=0.1", "data.split_seed=1")
+    assert not torch.equal(reseeded.splits["train"], kept)
+    # standardised with the subset's own statistics
+    standardised = tenth.x[kept].reshape(-1, 9)
+    assert torch.allclose(standardised.mean(0), torch.zeros(9), atol=1e-4)
+    with pytest.raises(ConfigError, match="^data.train_fraction"):
+        validate(compose_cfg("dataset=har2", "data.train_fraction=0"))

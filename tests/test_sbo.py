@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from helpers import assert_fused_matches_runner_float32, backward_node_counts
 from rnnrepro.cells.sbo import SBORNN, SBOConfig, SBOSequence, _sbo_forward
+from rnnrepro.config import ConfigError, validate
 from rnnrepro.data.base import DataSpec
 from rnnrepro.models import build_model, count_parameters
 from rnnrepro.tasks import TaskType, build_task
@@ -246,7 +247,17 @@ def test_train_recurrent_true_trains_U(recurrent):
         assert not torch.equal(params[k].detach(), before[k]), k
 
 
-@pytest.mark.parametrize("recurrent", RECURRENT)
+@pytest.mark.parametrize("recurrent", [r for r in RECURRENT if r != "dense_lowrank"])
+def test_train_recurrent_false_is_refused_outside_dense_lowrank(recurrent, compose_cfg):
+    """The official code freezes only the dense P, Q; it trains the sparse w (spec section 7 item 1)."""
+    with pytest.raises(ValueError, match="dense_lowrank only"):
+        make_cell(recurrent, "shb", train_recurrent=False)
+    with pytest.raises(ConfigError, match=r"^model\.train_recurrent: .*dense_lowrank only"):
+        validate(compose_cfg(f"model.recurrent={recurrent}", "model.train_recurrent=false"))
+    validate(compose_cfg("model.recurrent=dense_lowrank", "model.train_recurrent=false"))
+
+
+@pytest.mark.parametrize("recurrent", ["dense_lowrank"])
 def test_train_recurrent_false_freezes_U_bitwise(recurrent):
     cell = make_cell(recurrent, "shb", eta=0.1, train_recurrent=False)
     names = RECURRENT_TENSORS[recurrent]
@@ -272,15 +283,24 @@ def _counts(m: int = 1, **kwargs) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("kwargs,expected", [
-    ({}, 14347),  # 2 * 128 * 50 + 128 + 128 + 1290 + 1 (mu)
-    ({"recurrent": "sparse"}, 1548),  # 128 + 128 + 1290 + 1 (w) + 1 (mu)
-    ({"train_recurrent": False}, 1547),  # the official code's trainable set: P, Q are not parameters
-    ({"learn_mu": False}, 14346),
-    ({"recurrent": "full"}, 128 * 128 + 1547),
+    ({}, 14346),  # 2 * 128 * 50 + 128 + 128 + 1290 (the SGD solver has no mu)
+    ({"solver": "shb"}, 14347),  # + 1 (mu): the spec's 14.3k
+    ({"recurrent": "sparse", "solver": "snag"}, 1548),  # 128 + 128 + 1290 + 1 (w) + 1 (mu)
+    ({"train_recurrent": False, "solver": "shb"}, 1547),  # the official code's trainable set: P, Q are not parameters
+    ({"learn_mu": False, "solver": "shb"}, 14346),
+    ({"recurrent": "full"}, 128 * 128 + 1546),
     ({"recurrent": "diagonal", "solver": "snag"}, 128 + 1547),
 ])
 def test_parameter_counts(kwargs, expected):
     assert _counts(**kwargs) == (expected, expected)
+
+
+def test_sgd_solver_has_no_mu_parameter():
+    """mu is read by SHB and SNAG only: under SGD it is a buffer, out of the optimizer and of params_free."""
+    sgd, shb = make_cell("dense_lowrank", "sgd"), make_cell("dense_lowrank", "shb")
+    assert "mu" not in dict(sgd.named_parameters()) and "mu" in dict(sgd.named_buffers())
+    assert "mu" in dict(shb.named_parameters())
+    assert "mu" in sgd.state_dict()  # checkpoints keep it
 
 
 # --- 7. one-step Jacobian ------------------------------------------------------------------------------------------
@@ -358,10 +378,10 @@ def _run_both_ways(cell: SBORNN, x: torch.Tensor, state, w_seq: torch.Tensor, w_
     return seq.detach(), last.detach(), [s.detach() for s in st + st_last], grads
 
 
-@pytest.mark.parametrize("train_recurrent", [True, False])
 @pytest.mark.parametrize("learn_mu", [True, False])
 @pytest.mark.parametrize("solver", SOLVERS)
-@pytest.mark.parametrize("recurrent", RECURRENT)
+@pytest.mark.parametrize("recurrent, train_recurrent",
+                         [(r, True) for r in RECURRENT] + [("dense_lowrank", False)])  # false: dense_lowrank only
 def test_fused_matches_autograd_runner(recurrent, solver, learn_mu, train_recurrent):
     fused, runner = _fused_and_runner(recurrent, solver, learn_mu=learn_mu, train_recurrent=train_recurrent)
     T, B, n = 7, 3, fused.hidden_size
@@ -478,7 +498,7 @@ def test_fused_backward_twice_with_retain_graph(solver):
     cell = make_cell("dense_lowrank", solver, eta=0.2)
     seq, state = cell(torch.randn(5, 2, 3, dtype=DT, generator=torch.Generator().manual_seed(14)), return_sequence=True)
     loss = seq.pow(2).sum() + state[-1].sum()
-    params = [p for p in cell.parameters() if solver != "sgd" or p is not cell.mu]
+    params = list(cell.parameters())
     first = torch.autograd.grad(loss, params, retain_graph=True)
     second = torch.autograd.grad(loss, params)
     assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -63,8 +63,8 @@ class AntisymConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self.eps, "model.eps")
-        require(self.gamma >= 0, "model.gamma", f"must be >= 0, got {self.gamma} (gamma = 0 diverges under forward "
-                 "Euler, Proposition 2; the paper's grid is 0.001..1)")
+        require(self.gamma > 0, "model.gamma", f"must be > 0, got {self.gamma} (gamma = 0 diverges under forward "
+                 "Euler, Proposition 2; the paper's grid is 0.001..1, e.g. model.gamma=0.01)")
         require(self.sigma_w >= 0, "model.sigma_w", f"must be >= 0, got {self.sigma_w}")
 
 

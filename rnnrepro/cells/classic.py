@@ -8,6 +8,7 @@ same function (tests/test_cells.py checks it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -32,6 +33,9 @@ from rnnrepro.schema import register_schema
 class CellInit(str, Enum):
     default = "default"  # torch's nn.RNN / nn.GRU / nn.LSTM init, U(-1/sqrt(n), 1/sqrt(n))
     uniform = "uniform"  # weights U(-model.init_range, model.init_range), biases 0 (TF BasicLSTMCell)
+    # input weights N(0, 1/m) (variance 1/m, m the layer's input size), biases 0, recurrent weights torch's: the
+    # AntisymmetricRNN paper's LSTM baseline [quote], with its forget bias 1 from model.forget_bias
+    normal_input = "normal_input"
 
 
 @register_schema("model", "rnn")
@@ -105,8 +109,15 @@ class _FusedCell(RecurrentCell):
             with torch.no_grad():
                 for name, param in self.rnn.named_parameters():
                     param.uniform_(-init_range, init_range) if name.startswith("weight") else param.zero_()
+        elif init == "normal_input":
+            with torch.no_grad():
+                for name, param in self.rnn.named_parameters():
+                    if name.startswith("weight_ih"):
+                        param.normal_(0.0, 1.0 / math.sqrt(param.shape[1]))
+                    elif name.startswith("bias"):
+                        param.zero_()
         elif init != "default":
-            raise ValueError(f"model.init must be default or uniform, got {init!r}")
+            raise ValueError(f"model.init must be default, uniform or normal_input, got {init!r}")
 
     def weight(self, kind: str, layer: int = 0) -> Tensor:
         return getattr(self.rnn, f"{kind}_l{layer}")

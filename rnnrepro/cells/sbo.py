@@ -56,6 +56,13 @@ class SBOGradImpl(str, Enum):
     dense_diag = "dense_diag"
 
 
+# The official code's bug is a never-trained dense U = I + P Q; it trains the sparse w (spec section 7 item 1).
+TRAIN_RECURRENT_ONLY_DENSE = ("false (the official code's untrained U = I + P Q) applies to "
+                              "model.recurrent=dense_lowrank only: the official code trains the sparse w, and full / "
+                              "diagonal have no code counterpart. Drop model.train_recurrent=false or set "
+                              "model.recurrent=dense_lowrank")
+
+
 @register_schema("model", "sbo")
 @dataclass
 class SBOConfig(ModelConfig):
@@ -77,6 +84,8 @@ class SBOConfig(ModelConfig):
         positive(self.eta, "model.eta")
         positive(self.alpha, "model.alpha")
         require(self.rank >= 1, "model.rank", f"must be >= 1, got {self.rank}")
+        require(self.train_recurrent or self.recurrent == SBORecurrent.dense_lowrank, "model.train_recurrent",
+                TRAIN_RECURRENT_ONLY_DENSE)
 
 
 def _value(x: Any) -> str:
@@ -300,6 +309,8 @@ class SBORNN(RecurrentCell):
         nn.init.uniform_(self.input.bias, -bound, bound)
 
         # sbo.train_recurrent=false keeps U's factors as buffers: the official code's never-trained U (a bug).
+        if not train_recurrent and self.recurrent != "dense_lowrank":
+            raise ValueError(f"model.train_recurrent={TRAIN_RECURRENT_ONLY_DENSE}")
         register = self.register_parameter if train_recurrent else self.register_buffer
         wrap = nn.Parameter if train_recurrent else (lambda t: t)
         if self.recurrent == "dense_lowrank":
@@ -314,7 +325,7 @@ class SBORNN(RecurrentCell):
         else:
             raise ValueError(f"model.recurrent must be dense_lowrank, sparse, full or diagonal, got {recurrent!r}")
         mu_t = torch.tensor(float(mu))
-        if learn_mu:
+        if learn_mu and self.solver != "sgd":  # the SGD solver never reads mu: no parameter that gets no gradient
             self.mu = nn.Parameter(mu_t)
         else:
             self.register_buffer("mu", mu_t)

@@ -6,6 +6,12 @@ body_gyro xyz, total_acc xyz [inference: the order is not found], read from
 Labels: the six activities merged as {Sitting, Laying, Walking_Upstairs} -> 1 and {Standing, Walking,
 Walking_Downstairs} -> 0 [web: FastGRNN blog]; which group is 1 is not found (harness choice). Each channel is
 standardised with the mean and std of the training split (after the validation split is carved out of it).
+
+Validation (``data.val_split``): ``subject`` (default) holds out whole subjects of the training set, about
+``val_fraction`` of the 21; ``window`` draws windows at random. The windows overlap by 50% and each subject gives
+hundreds of them, so a window split puts near-copies of validation windows into training and its validation accuracy
+is optimistic. ``data.train_fraction`` keeps a seeded random subset of the remaining training windows (SBO-RNN's 1% and
+10% data-efficiency curves); validation and test stay whole.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ class ClassifyLoss(str, Enum):
     softmax_mse = "softmax_mse"  # SBO-RNN code comment for HAR-2: softmax, then MSE against the one-hot target
 
 
+class HARValSplit(str, Enum):
+    subject = "subject"  # whole subjects held out (no overlapping windows shared with training)
+    window = "window"    # random windows (optimistic: overlapping windows of the same subjects on both sides)
+
+
 @register_schema("data", "har2")
 @dataclass
 class HAR2DataConfig(SplitDataConfig):
@@ -42,17 +53,22 @@ class HAR2DataConfig(SplitDataConfig):
     name: str = "har2"
     loss: ClassifyLoss = ClassifyLoss.softmax_mse
     head_outputs: int | None = None  # None: 2 classes; 10: the SBO-RNN code's hard-wired 10-way head
+    val_split: HARValSplit = HARValSplit.subject
+    train_fraction: float = 1.0  # a seeded subset (data.split_seed) of the training windows left after validation
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.head_outputs is None or self.head_outputs >= 2, "data.head_outputs",
                  f"must be >= 2 (the two HAR-2 classes) or null, got {self.head_outputs}")
+        require(0 < self.train_fraction <= 1, "data.train_fraction",
+                f"must be in (0, 1], got {self.train_fraction} (e.g. data.train_fraction=0.01 for 1%)")
 
 
 def har_files(root: str, split: str) -> list[str]:
+    """The nine signal files, then the activity labels, then the subject ids of ``split``."""
     base = os.path.join(root, HAR_FOLDER, split)
     return [os.path.join(base, "Inertial Signals", f"{s}_{split}.txt") for s in SIGNALS] + \
-        [os.path.join(base, f"y_{split}.txt")]
+        [os.path.join(base, f"y_{split}.txt"), os.path.join(base, f"subject_{split}.txt")]
 
 
 def ensure_har(root: str, download: bool) -> None:
@@ -74,11 +90,32 @@ def ensure_har(root: str, download: bool) -> None:
                                 "point data.root (or RNNREPRO_DATA) there, or set data.download=true.")
 
 
-def read_split(root: str, split: str) -> tuple[Tensor, Tensor]:
+def read_split(root: str, split: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(signals (N, 128, 9), activity ids (N,), subject ids (N,))."""
     paths = har_files(root, split)
-    signals = np.stack([np.loadtxt(p, dtype=np.float32) for p in paths[:-1]], axis=-1)  # (N, 128, 9)
-    activities = np.loadtxt(paths[-1], dtype=np.int64).reshape(-1)
-    return torch.from_numpy(signals), torch.from_numpy(activities)
+    signals = np.stack([np.loadtxt(p, dtype=np.float32) for p in paths[:-2]], axis=-1)
+    activities, subjects = (np.loadtxt(p, dtype=np.int64).reshape(-1) for p in paths[-2:])
+    return torch.from_numpy(signals), torch.from_numpy(activities), torch.from_numpy(subjects)
+
+
+def split_by_subject(subjects: Tensor, val_fraction: float, split_seed: int) -> tuple[Tensor, Tensor, list[int]]:
+    """(train indices, validation indices, validation subjects): round(val_fraction x #subjects) whole subjects,
+    drawn with ``split_seed`` (at least one, and at least one left for training)."""
+    ids = subjects.unique()
+    order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(split_seed))]
+    n_val = min(max(1, int(round(len(ids) * val_fraction))), len(ids) - 1)
+    held_out = order[:n_val].sort().values
+    is_val = torch.isin(subjects, held_out)
+    return torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten(), held_out.tolist()
+
+
+def subset(indices: Tensor, fraction: float, seed: int) -> Tensor:
+    """A seeded random ``fraction`` of ``indices`` (at least one), in index order."""
+    if fraction >= 1:
+        return indices
+    keep = max(1, int(round(len(indices) * fraction)))
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))
+    return indices[order[:keep]].sort().values
 
 
 class HAR2(InMemorySequenceData):
@@ -89,8 +126,15 @@ class HAR2(InMemorySequenceData):
         # head_outputs=10 reproduces the SBO-RNN code's head, hard-wired to 10 classes for this 2-class task
         self.spec = replace(HAR2.spec, output_size=int(self.cfg.head_outputs or 2), loss=loss)
         ensure_har(self.root, bool(self.cfg.download))
-        (x_train, a_train), (x_test, a_test) = read_split(self.root, "train"), read_split(self.root, "test")
-        train_idx, val_idx = split_train_val(len(a_train), float(self.cfg.val_fraction), int(self.cfg.split_seed))
+        (x_train, a_train, s_train), (x_test, a_test, _) = read_split(self.root, "train"), read_split(self.root, "test")
+        val_fraction, seed = float(self.cfg.val_fraction), int(self.cfg.split_seed)
+        self.val_split = str(getattr(self.cfg.val_split, "value", self.cfg.val_split))
+        if self.val_split == "subject":
+            train_idx, val_idx, self.val_subjects = split_by_subject(s_train, val_fraction, seed)
+        else:
+            train_idx, val_idx = split_train_val(len(a_train), val_fraction, seed)
+            self.val_subjects = None
+        train_idx = subset(train_idx, float(self.cfg.train_fraction), seed)
         flat = x_train[train_idx].reshape(-1, 9)
         self.mean, self.std = flat.mean(0), flat.std(0)  # training statistics only
         x = (torch.cat([x_train, x_test]) - self.mean) / self.std
@@ -107,4 +151,5 @@ class HAR2(InMemorySequenceData):
         return {"name": self.cfg.name, "sizes": {k: len(v) for k, v in self.splits.items()},
                 "positive_activities": list(HAR2_POSITIVE), "channels": SIGNALS,
                 "split_seed": int(self.cfg.split_seed), "permutation_sha1": None, "loss": self.spec.loss,
-                "head_outputs": self.spec.output_size}
+                "head_outputs": self.spec.output_size, "val_split": self.val_split, "val_subjects": self.val_subjects,
+                "train_fraction": float(self.cfg.train_fraction)}

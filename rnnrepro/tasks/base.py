@@ -63,8 +63,9 @@ class Task:
 
 
 class ClassifyLast(Task):
-    """Sequence classification from the last state. ``loss="softmax_mse"`` is the SBO-RNN code's HAR-2 loss: the
-    squared error between softmax(logits) and the one-hot target, summed over classes, averaged over the batch."""
+    """Sequence classification from the last state. ``loss="softmax_mse"`` is the SBO-RNN code's HAR-2 loss,
+    ``nn.MSELoss()(softmax(logits), one_hot(y))``: the squared error averaged over the batch and the classes (the
+    head's outputs: 10 with ``data.head_outputs=10``, as the code)."""
 
     type = TaskType.classify_last
     metric, mode = "acc", "max"
@@ -77,7 +78,7 @@ class ClassifyLast(Task):
     def loss(self, out: Tensor, batch: dict) -> Tensor:
         if self.loss_name == "softmax_mse":
             target = F.one_hot(batch["y"], out.shape[-1]).to(out.dtype)
-            return (out.softmax(-1) - target).pow(2).sum(-1).mean()
+            return F.mse_loss(out.softmax(-1), target)  # mean over batch and classes, as nn.MSELoss() [code]
         return F.cross_entropy(out, batch["y"])
 
     def update(self, meter: Meter, out: Tensor, batch: dict) -> None:
