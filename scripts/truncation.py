@@ -161,13 +161,13 @@ def _where(run_dir: str) -> str:
     """The run directory without machine paths: relative to $RNNREPRO_RUNS when under it, else its last 3 parts."""
     path, root = Path(run_dir).resolve(), os.environ.get("RNNREPRO_RUNS")
     if root and path.is_relative_to(Path(root).resolve()):
-        return str(path.relative_to(Path(root).resolve()))
-    return "/".join(path.parts[-3:])
+        return "$RNNREPRO_RUNS/" + str(path.relative_to(Path(root).resolve()))
+    return ".../" + "/".join(path.parts[-3:])
 
 
 def _run_meta(label: str, run_dir: str, summary: dict) -> dict:
     budget = f", {summary.get('steps')} steps" if summary.get("steps") else ""
-    return {"run": label, "where": f"$RNNREPRO_RUNS/{_where(run_dir)}{budget}",
+    return {"run": label, "where": f"{_where(run_dir)}{budget}",
             "git_sha": summary.get("git_sha"), "git_dirty": summary.get("git_dirty"),
             "device": summary.get("device_name"), "finished_at": summary.get("finished_at")}
 
