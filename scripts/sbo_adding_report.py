@@ -176,8 +176,8 @@ def report(out_dir: str) -> str | None:
         rows.append({"T": s["T"], "curve": LABELS[s["variant"]], "steps run": s.get("steps"),
                      "budget": "full (25,000)" if s.get("steps") == PRESET_STEPS else f"reduced: {s.get('steps'):,} "
                      f"of {PRESET_STEPS:,}", f"first step with MSE < {SOLVED_MSE}": solved if solved else "never",
-                     "final train MSE": round(float(c.train_mse.iloc[-1]), 4) if len(c) else None,
-                     "val MSE (best)": round(float(s.get("best_val", np.nan)), 4),
+                     "final train MSE": f"{float(c.train_mse.iloc[-1]):.2g}" if len(c) else None,
+                     "val MSE (best)": f"{float(s.get('best_val', np.nan)):.2g}",
                      "wall time (min)": round(float(s.get("wall_time_s", 0)) / 60, 1), "status": s.get("status")})
     shas = sorted({str(s.get("git_sha"))[:10] + ("+dirty" if s.get("git_dirty") else "") for s in summaries})
     lines = ["# SBO-RNN adding-task convergence (figure (a) of the paper)", "",
