@@ -8,8 +8,9 @@ With ``param="triu"`` only the n(n-1)/2 strictly-upper-triangular entries of W a
 efficient form. Rows are batch samples here, so the runner multiplies by M^T = -(W - W^T) - gamma I.
 
 ``impl="fused"`` (default) runs the whole sequence in :class:`AntisymSequence`, an autograd Function with a
-hand-written backward; ``impl="cell"`` runs the shared step-by-step runner. Both compute the same function and
-gradients (tests/test_antisymmetric.py).
+hand-written backward; ``impl="native"`` runs the same Function's forward and backward in one C++ call each
+(rnnrepro/native/antisym.cpp, the batch split across threads); ``impl="cell"`` runs the shared step-by-step runner.
+All three compute the same function and gradients (tests/test_antisymmetric.py, tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from rnnrepro.cells.base import CellImpl, RecurrentCell, State
+from rnnrepro import native
+from rnnrepro.cells.base import NativeCellImpl, RecurrentCell, State
 from rnnrepro.models import ModelConfig
 from rnnrepro.schema import positive, register_schema, require
 
@@ -50,7 +52,7 @@ class InitScale(str, Enum):
 class AntisymConfig(ModelConfig):
     _target_: str = "rnnrepro.cells.antisymmetric.AntisymmetricRNN"
     name: str = "antisym"
-    impl: CellImpl = CellImpl.fused  # fused: whole-sequence Function, hand-written backward | cell: shared runner
+    impl: NativeCellImpl = NativeCellImpl.fused  # fused: whole-sequence Function | native: its C++ kernel | cell
     eps: float = 0.01
     gamma: float = 0.01
     sigma_w: float = 1.0
@@ -119,11 +121,16 @@ class AntisymSequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, gx: Tensor, mt: Tensor, h0: Tensor, eps: float, gated: bool,
-                return_sequence: bool) -> tuple[Tensor, ...]:
+                return_sequence: bool, kernel: Any = None) -> tuple[Tensor, ...]:
+        """``kernel``: the compiled rnnrepro/native/antisym.cpp module (impl=native), or None for the torch loop."""
         ctx.set_materialize_grads(False)
-        run = _antisym_forward(gx, mt, h0, eps, gated, keep_seq=return_sequence, save=True)
+        if kernel is not None:
+            hs, cs, zs = kernel.antisym_forward(gx.contiguous(), mt.contiguous(), h0.contiguous(), eps, gated)
+            run = {"hs": hs, "cs": cs, "zs": zs if gated else None, "h_last": hs[-1]}
+        else:
+            run = _antisym_forward(gx, mt, h0, eps, gated, keep_seq=return_sequence, save=True)
         ctx.save_for_backward(mt, run["hs"], run["cs"], run["zs"])
-        ctx.config = (eps, gated, return_sequence)
+        ctx.config = (eps, gated, return_sequence, kernel)
         if return_sequence:
             return run["hs"][1:], run["h_last"].clone()
         return (run["h_last"].clone(),)
@@ -132,7 +139,15 @@ class AntisymSequence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         mt, hs, cs, zs = ctx.saved_tensors
-        eps, gated, return_sequence = ctx.config
+        eps, gated, return_sequence, kernel = ctx.config
+        if kernel is not None:
+            empty = hs.new_empty(0)
+            g_seq = grads[0] if return_sequence and grads[0] is not None else empty
+            g_h = grads[-1] if grads[-1] is not None else empty
+            d_gx, d_mt, d_h0 = kernel.antisym_backward(g_seq.contiguous(), g_h.contiguous(), mt, hs, cs,
+                                                       empty if zs is None else zs, eps, gated,
+                                                       ctx.needs_input_grad[1])
+            return d_gx, d_mt if ctx.needs_input_grad[1] else None, d_h0, None, None, None, None
         T, B, n = cs.shape
         g_seq = grads[0] if return_sequence else None
         g_h = grads[-1]
@@ -160,7 +175,7 @@ class AntisymSequence(torch.autograd.Function):
         d_mt = None
         if ctx.needs_input_grad[1]:
             d_mt = torch.mm(hs[:T].reshape(T * B, n).t(), p_sum.view(T * B, n))
-        return d_gx, d_mt, mu.div_(eps), None, None, None
+        return d_gx, d_mt, mu.div_(eps), None, None, None, None
 
 
 class AntisymmetricRNN(RecurrentCell):
@@ -171,8 +186,11 @@ class AntisymmetricRNN(RecurrentCell):
         self.eps, self.gamma, self.gated = float(eps), float(gamma), bool(gated)
         self.param = str(getattr(param, "value", param))
         self.impl = str(getattr(impl, "value", impl))
-        if self.impl not in ("fused", "cell"):
-            raise ValueError(f"model.impl must be fused or cell, got {impl!r}")
+        if self.impl not in ("fused", "cell", "native"):
+            raise ValueError(f"model.impl must be fused, native or cell, got {impl!r}")
+        # native: built (or read from the cache) here, before any training; None falls back to fused
+        if self.impl == "native" and native.load("antisym") is None:
+            self.impl = "fused"
         init_on = str(getattr(init_on, "value", init_on))
         init_scale = str(getattr(init_scale, "value", init_scale))
         n, m = hidden_size, input_size
@@ -235,8 +253,13 @@ class AntisymmetricRNN(RecurrentCell):
         gx = self.project_inputs(x)
         mt = self.prepare()
         h0 = state[0]
+        kernel = native.load("antisym") if self.impl == "native" and x.device.type == "cpu" else None
         if torch.is_grad_enabled() and any(t.requires_grad for t in (gx, mt, h0)):
-            outs = AntisymSequence.apply(gx, mt, h0, self.eps, self.gated, return_sequence)
+            outs = AntisymSequence.apply(gx, mt, h0, self.eps, self.gated, return_sequence, kernel)
+        elif kernel is not None:
+            with torch.no_grad():
+                hs = kernel.antisym_forward(gx.contiguous(), mt, h0.contiguous(), self.eps, self.gated)[0]
+            outs = (hs[1:], hs[-1]) if return_sequence else (hs[-1],)
         else:
             with torch.no_grad():
                 run = _antisym_forward(gx, mt, h0, self.eps, self.gated, keep_seq=return_sequence, save=False)

@@ -25,6 +25,16 @@ class CellImpl(str, Enum):
     cell = "cell"
 
 
+class NativeCellImpl(str, Enum):
+    """``model.impl`` of a cell that also has a C++ kernel (rnnrepro/native): native runs the whole sequence forward
+    and the whole backward in one C++ call each, the same equations as fused (its reference), and falls back to fused
+    with one warning where no compiler is found."""
+
+    fused = "fused"
+    cell = "cell"
+    native = "native"
+
+
 class RecurrentCell(nn.Module):
     """Base class. Subclasses set ``state_names`` and implement ``project_inputs`` and ``step``.
 
