@@ -75,10 +75,13 @@ def all_variants() -> list[Variant]:
         Variant("rnn_cell", "rnn (tanh)", "cell", ["model=rnn", "model.impl=cell"]),
         Variant("irnn_fused", "irnn", "fused", ["model=irnn", "model.impl=fused"]),
         # AntisymmetricRNN and SBO-RNN: impl=fused (the default, one autograd Function per sequence with a hand-written
-        # backward) beside impl=cell (the shared step-by-step runner).
+        # backward) beside impl=cell (the shared step-by-step runner); AntisymmetricRNN also with impl=native (the same
+        # Function's forward and backward in C++, rnnrepro/native).
         Variant("antisym", "antisym", "fused", ["model=antisym", "model.impl=fused"]),
+        Variant("antisym_native", "antisym", "native", ["model=antisym", "model.impl=native"]),
         Variant("antisym_cell", "antisym", "cell", ["model=antisym", "model.impl=cell"]),
         Variant("antisym_gated", "antisym_gated", "fused", ["model=antisym_gated", "model.impl=fused"]),
+        Variant("antisym_gated_native", "antisym_gated", "native", ["model=antisym_gated", "model.impl=native"]),
         Variant("antisym_gated_cell", "antisym_gated", "cell", ["model=antisym_gated", "model.impl=cell"]),
     ]
     for solver, recurrent, suffix in (("sgd", "dense_lowrank", ""), ("shb", "dense_lowrank", ""),

@@ -23,6 +23,8 @@ def load(name: str) -> ModuleType | None:
         warnings.warn(f"model.impl=native: no C++ compiler found, so {name} runs impl=fused; install g++ to build "
                       "the native kernel", stacklevel=3)
         return None
+    # its import warns about a missing CUDA runtime, which does not matter for a CPU kernel
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     try:
