@@ -253,6 +253,7 @@ class AntisymmetricRNN(RecurrentCell):
         gx = self.project_inputs(x)
         mt = self.prepare()
         h0 = state[0]
+        # the kernel is CPU code: on a GPU, impl=native runs the fused torch loop
         kernel = native.load("antisym") if self.impl == "native" and x.device.type == "cpu" else None
         if torch.is_grad_enabled() and any(t.requires_grad for t in (gx, mt, h0)):
             outs = AntisymSequence.apply(gx, mt, h0, self.eps, self.gated, return_sequence, kernel)

@@ -34,7 +34,7 @@ def load(name: str) -> ModuleType | None:
         warnings.warn(f"model.impl=native: building the {name} kernel failed ({type(err).__name__}: {err}), so it "
                       "runs impl=fused", stacklevel=3)
         return None
-    log.debug("native kernel %s built in %s", name, cpp_extension._get_build_directory(f"rnnrepro_{name}", False))
+    log.debug("native kernel %s built in %s", name, build_directory(name))
     return module
 
 
