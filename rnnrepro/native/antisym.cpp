@@ -12,16 +12,15 @@ namespace {
 // Rows [b0, b1) of a (B, n) slice: contiguous, since rows are the outer dimension.
 inline at::Tensor rows(const at::Tensor& x, int64_t b0, int64_t b1) { return x.narrow(0, b0, b1 - b0); }
 
-// Runs body(chunk, b0, b1) for the row blocks [b0, b1) of one block per thread, in parallel.
+// Runs body(b0, b1) on the row blocks [b0, b1), one block per thread, in parallel.
 template <typename F>
 void for_each_row_block(int64_t B, const F& body) {
   const int64_t rows_per = std::max<int64_t>(1, (B + at::get_num_threads() - 1) / at::get_num_threads());
   const int64_t blocks = (B + rows_per - 1) / rows_per;
   at::parallel_for(0, blocks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) body(c, c * rows_per, std::min(B, (c + 1) * rows_per));
+    for (int64_t c = c0; c < c1; ++c) body(c * rows_per, std::min(B, (c + 1) * rows_per));
   });
 }
-
 
 }  // namespace
 
@@ -36,7 +35,7 @@ std::vector<at::Tensor> antisym_forward(const at::Tensor& gx, const at::Tensor& 
   auto cs = at::empty({T, B, n}, gx.options());
   auto zs = gated ? at::empty({T, B, n}, gx.options()) : at::empty({0}, gx.options());
   hs[0].copy_(h0);
-  for_each_row_block(B, [&](int64_t, int64_t b0, int64_t b1) {
+  for_each_row_block(B, [&](int64_t b0, int64_t b1) {
     AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "antisym_forward", [&] {
       const scalar_t e = static_cast<scalar_t>(eps);
       const int64_t len = (b1 - b0) * n;
@@ -95,7 +94,7 @@ std::vector<at::Tensor> antisym_backward(const at::Tensor& g_seq, const at::Tens
   auto p_sum = gated ? at::empty({T, B, n}, cs.options()) : d_gx;  // the adjoint of h Mt
   auto mu = has_h ? (g_h * eps).contiguous() : at::zeros({B, n}, cs.options());
   const auto back = mt.t().contiguous();
-  for_each_row_block(B, [&](int64_t, int64_t b0, int64_t b1) {
+  for_each_row_block(B, [&](int64_t b0, int64_t b1) {
     AT_DISPATCH_FLOATING_TYPES(cs.scalar_type(), "antisym_backward", [&] {
       const scalar_t e = static_cast<scalar_t>(eps);
       const int64_t nr = b1 - b0, len = nr * n;
