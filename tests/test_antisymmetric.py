@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import assert_fused_matches_runner_float32, backward_node_counts
+from rnnrepro import native
 from rnnrepro.cells.antisymmetric import AntisymConfig, AntisymmetricRNN, AntisymSequence
 from rnnrepro.cells.classic import LSTMConfig
 from rnnrepro.data.base import DataSpec
@@ -438,18 +439,23 @@ def test_fused_no_grad_forward_and_step_agree(gated):
         AntisymmetricRNN(1, 4, impl="cudnn")
 
 
+@pytest.mark.parametrize("kernel", ["torch", "native"])
 @pytest.mark.parametrize("return_sequence", [False, True])
 @pytest.mark.parametrize("gated", [False, True])
-def test_fused_function_gradcheck(gated, return_sequence):
-    """torch.autograd.gradcheck of AntisymSequence itself (T=4, B=2, n=3) w.r.t. gx, Mt and h0."""
+def test_fused_function_gradcheck(gated, return_sequence, kernel):
+    """torch.autograd.gradcheck of AntisymSequence itself (T=4, B=3, n=3) w.r.t. gx, Mt and h0, through its torch
+    loop (impl=fused) and through the C++ kernel (impl=native)."""
+    compiled = native.load("antisym") if kernel == "native" else None
+    if kernel == "native" and compiled is None:
+        pytest.skip("no C++ toolchain: the native kernel cannot be built")
     g = torch.Generator().manual_seed(13)
-    T, B, n = 4, 2, 3
+    T, B, n = 4, 3, 3
     gx = torch.randn(T, B, 2 * n if gated else n, dtype=DT, generator=g).requires_grad_()
     mt = torch.randn(n, n, dtype=DT, generator=g).requires_grad_()  # any matrix: the Function does not assume M's form
     h0 = torch.randn(B, n, dtype=DT, generator=g).requires_grad_()
 
     def f(gx, mt, h0):
-        return AntisymSequence.apply(gx, mt, h0, 0.4, gated, return_sequence)
+        return AntisymSequence.apply(gx, mt, h0, 0.4, gated, return_sequence, compiled)
 
     assert torch.autograd.gradcheck(f, (gx, mt, h0), eps=1e-6, atol=1e-8, rtol=1e-6)
 

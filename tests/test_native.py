@@ -1,5 +1,6 @@
 """model.impl=native: the C++ AntisymmetricRNN kernel (rnnrepro/native/antisym.cpp) computes the same function and
-gradients as the fused torch Function, for any thread count, and falls back to fused where it cannot be built."""
+gradients as the fused torch Function, for any thread count, and falls back to fused where it cannot be built. Its
+gradcheck is tests/test_antisymmetric.py::test_fused_function_gradcheck[native]."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from rnnrepro import native
-from rnnrepro.cells.antisymmetric import AntisymmetricRNN, AntisymSequence
+from rnnrepro.cells.antisymmetric import AntisymmetricRNN
 
 DT = torch.float64
 KERNEL = native.load("antisym")
@@ -66,22 +67,6 @@ def test_native_matches_fused(gated, return_sequence, threads, param):
         # tanh is computed as 2 sigmoid(2a) - 1 in the kernel: equal to rounding, not bit for bit
         assert torch.allclose(fused[k], nat[k], atol=1e-12, rtol=0), k
         assert fused[k].abs().max() > 0, k
-
-
-@needs_kernel
-@pytest.mark.parametrize("return_sequence", [False, True])
-@pytest.mark.parametrize("gated", [False, True])
-def test_native_function_gradcheck(gated, return_sequence):
-    g = torch.Generator().manual_seed(13)
-    T, B, n = 4, 3, 3
-    gx = torch.randn(T, B, 2 * n if gated else n, dtype=DT, generator=g).requires_grad_()
-    mt = torch.randn(n, n, dtype=DT, generator=g).requires_grad_()
-    h0 = torch.randn(B, n, dtype=DT, generator=g).requires_grad_()
-
-    def f(gx, mt, h0):
-        return AntisymSequence.apply(gx, mt, h0, 0.4, gated, return_sequence, KERNEL)
-
-    assert torch.autograd.gradcheck(f, (gx, mt, h0), eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
 @needs_kernel
