@@ -47,8 +47,10 @@ def test_run_reuses_and_refuses_another_budget(tmp_path):
     out = tmp_path / "out"
     report = _script("report", "--out", str(out), runs=runs)
     assert report.returncode == 0, report.stderr[-2000:]
-    text = (out / "adding_figure.md").read_text()
-    assert "reduced: 4 of 25,000" in text and (out / "adding_figure.png").exists()
+    assert "wrote" in report.stdout and not (out / "adding_figure_t500.md").exists()  # only the T that ran
+    text = (out / "adding_figure_t100.md").read_text()
+    assert "reduced: 4 of 25,000" in text and (out / "adding_figure_t100.png").exists()
+    assert "Some runs used a reduced budget" in text
     assert str(tmp_path) not in text  # no machine paths
 
 
@@ -81,6 +83,33 @@ def test_verdicts_on_curves_with_known_answers(tmp_path, monkeypatch):
     assert "holds here" in rnn and "[0.190, 0.200]" in rnn
     _write_run(tmp_path, 500, "rnn", [0.2, 0.05, 0.04, 0.04, 0.04, 0.03])
     assert "does not hold" in report.verdicts(report.load_curves()[0], 500)[-1]
+
+
+def test_a_short_run_that_has_not_reached_the_criterion_is_undecided(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNREPRO_RUNS", str(tmp_path))
+    report = _module()
+    _write_run(tmp_path, 500, "sparse_sgd", [0.2] * 24)          # 6,000 steps run, never solved: < 2 x 7k
+    _write_run(tmp_path, 500, "dense_sgd", [0.2] * 24)           # 6,000 >= 2 x 1.5k, never solved: fails
+    _write_run(tmp_path, 500, "dense_snag", [0.2] * 3 + [0.001])  # step 1,000
+    dense, _, sparse_sgd, _ = report.verdicts(report.load_curves()[0], 500)
+    assert "does not hold" in dense and "dense SGD never (6,000 steps run)" in dense
+    assert "undecided at this budget" in sparse_sgd and "sparse SGD never (6,000 steps run)" in sparse_sgd
+    _write_run(tmp_path, 100, "sparse_sgd", [0.2] * 56)          # 14,000 steps run, never solved: fails
+    assert "does not hold" in report.verdicts(report.load_curves()[0], 100)[2]
+
+
+def test_report_writes_one_file_per_T_and_keeps_the_other(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNREPRO_RUNS", str(tmp_path / "runs"))
+    report = _module()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adding_figure_t100.md").write_text("committed earlier")
+    _write_run(tmp_path / "runs", 500, "rnn", [0.2] * 4)
+    paths = report.report(str(out))
+    assert [os.path.basename(p) for p in paths] == ["adding_figure_t500.md"]
+    assert (out / "adding_figure_t100.md").read_text() == "committed earlier"
+    text = (out / "adding_figure_t500.md").read_text()
+    assert "T = 500" in text and "adding_figure_t500.png" in text and "T = 100" not in text
 
 
 def test_report_without_runs_says_what_to_do(tmp_path):
