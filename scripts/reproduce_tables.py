@@ -22,6 +22,9 @@ The reduced tier runs only the presets that declare ``meta.reduced``, a list of 
 budget (for presets whose full budget does not fit the machine); its tables are <table>.reduced.md, labelled as not
 the paper's budget, with the overrides in each cell's notes.
 
+The reduced and full tiers also write each table's learning curves, <stem>.curves.csv and .png: the validation
+metric at every evaluation of every run behind the table, from its metrics.csv.
+
 The smoke tier caps training at a few steps so that the whole pipeline runs on a 2-core CPU in minutes; its tables are
 written to <table>.smoke.md and labelled as a pipeline check.
 """
@@ -49,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from rnnrepro.results.aggregate import (  # noqa: E402
     list_papers,
+    load_curves,
     load_expected,
     load_summaries,
     summarise_cell,
@@ -237,15 +241,20 @@ def render(paper: str, tier: str, runs: list[dict], command: str, only: list[str
     for table, cells in expected.groupby("table", sort=False):
         if not any(selected(e, only) for e in cells["experiment"]):
             continue
-        rows = []
+        rows, curve_runs, curved = [], [], set()
         for _, cell in cells.iterrows():
             dirs = [str(r["dir"]) for r in runs if r["experiment"] == cell["experiment"]]
+            if cell["experiment"] not in curved:  # several cells (valid and test) read the same runs
+                curved.add(cell["experiment"])
+                curve_runs += [(str(cell["row"]), d) for d in dirs]
             row = summarise_cell(cell, load_summaries(dirs), planned=len(dirs))
             if tier == "reduced" and dirs:
                 budget = "reduced budget: " + " ".join(preset_reduced(cell["experiment"]))
                 row["notes"] = "; ".join(n for n in (budget, row["notes"]) if n)
             rows.append(row)
-        written.append(write_table(str(RESULTS), paper, str(table), tier, pd.DataFrame(rows), command))
+        # learning curves for the tiers that train for real (a smoke run's few steps make no curve)
+        curves = None if tier == "smoke" else load_curves(curve_runs)
+        written.append(write_table(str(RESULTS), paper, str(table), tier, pd.DataFrame(rows), command, curves))
     return written
 
 

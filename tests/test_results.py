@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from helpers import REPO
-from rnnrepro.results.aggregate import list_papers, load_expected, summarise_cell, write_table
+from rnnrepro.results.aggregate import (
+    list_papers,
+    load_curves,
+    load_expected,
+    load_summaries,
+    summarise_cell,
+    write_table,
+)
 
 
 def _summary(value, last, status="completed", sha="abc1234567", seed=0):
@@ -101,6 +108,38 @@ def test_external_reference_gets_its_own_labelled_column_and_no_diff(tmp_path):
     plain = summarise_cell(expected.drop("external"), [_summary(8.1, 8.2)])
     plain_path = write_table(str(tmp_path), "p", "u", "full", pd.DataFrame([plain]), "make")
     assert "external reference (not this paper)" not in open(plain_path).read()
+
+
+def _run_with_curve(folder, seed: int, val: list[float]) -> str:
+    folder.mkdir(parents=True)
+    steps = [100 * (i + 1) for i in range(len(val))]
+    rows = [{"step": s, "epoch": i, "split": split, "loss": 1.0, "acc": v if split == "val" else 0.0}
+            for i, (s, v) in enumerate(zip(steps, val)) for split in ("train", "val")]
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps({**_summary(0.9, 0.9, seed=seed), "metric": "acc"}))
+    return str(folder)
+
+
+def test_learning_curves_are_read_from_each_run_and_linked_from_the_table(tmp_path):
+    runs = [("A", _run_with_curve(tmp_path / "a0", 0, [0.2, 0.5, 0.7])),
+            ("A", _run_with_curve(tmp_path / "a1", 1, [0.3, 0.6])),
+            ("B", str(tmp_path / "never-ran"))]                      # a run without files is left out
+    curves = load_curves(runs)
+    assert curves.groupby(["row", "seed"]).val.apply(list).to_dict() == {("A", 0): [0.2, 0.5, 0.7],
+                                                                          ("A", 1): [0.3, 0.6]}
+    assert curves.step.tolist() == [100, 200, 300, 100, 200] and set(curves.metric) == {"acc"}
+    cell = summarise_cell(pd.Series({"column": "c", "row": "A", "unit": "%", "reported": 95.0,
+                                     "reported_kind": "paper", "experiment": "p/a", "source": "[paper]"}),
+                          load_summaries([d for _, d in runs]))
+    path = write_table(str(tmp_path / "results"), "p", "t", "reduced", pd.DataFrame([cell]), "make", curves)
+    text = open(path).read()
+    assert "t.reduced.curves.csv" in text
+    written = pd.read_csv(tmp_path / "results" / "p" / "t.reduced.curves.csv")
+    assert written.val.tolist() == [0.2, 0.5, 0.7, 0.3, 0.6]
+    if (tmp_path / "results" / "p" / "t.reduced.curves.png").exists():
+        assert "![learning curves](t.reduced.curves.png)" in text
+    plain = open(write_table(str(tmp_path / "results"), "p", "u", "reduced", pd.DataFrame([cell]), "make")).read()
+    assert "curves" not in plain  # without curves (the smoke tier) the table links none
 
 
 def test_reproduce_tables_dry_run_plans_every_row():

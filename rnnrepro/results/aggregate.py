@@ -200,12 +200,64 @@ def render_markdown(paper: str, table: str, tier: str, rows: pd.DataFrame, comma
     return "\n".join(lines)
 
 
-def write_table(results_dir: str, paper: str, table: str, tier: str, rows: pd.DataFrame, command: str) -> str:
+def load_curves(runs: list[tuple[str, str]]) -> pd.DataFrame:
+    """The validation curve of each (row label, run directory): one row per evaluation, read from its metrics.csv,
+    with the metric the run selects on (summary.json ``metric``)."""
+    frames = []
+    for row, run_dir in runs:
+        metrics, summary = os.path.join(run_dir, "metrics.csv"), os.path.join(run_dir, "summary.json")
+        if not (os.path.exists(metrics) and os.path.exists(summary)):
+            continue
+        info = read_summary(summary)
+        metric = str(info.get("metric"))
+        frame = pd.read_csv(metrics)
+        if metric not in frame.columns or "split" not in frame.columns:
+            continue
+        val = frame[frame.split == "val"]
+        frames.append(pd.DataFrame({"row": row, "seed": info.get("seed"), "step": val.step, "epoch": val.epoch,
+                                    "metric": metric, "val": val[metric]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["row", "seed", "step", "epoch", "metric", "val"])
+
+
+def write_curves(out_dir: str, stem: str, curves: pd.DataFrame) -> str | None:
+    """<stem>.curves.csv and, with matplotlib, <stem>.curves.png: validation metric against optimizer steps, one
+    line per row and seed. Returns the PNG's file name when one was drawn."""
+    curves.to_csv(os.path.join(out_dir, f"{stem}.curves.csv"), index=False)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, ((row, seed), c) in enumerate(curves.groupby(["row", "seed"], sort=False)):
+        ax.plot(c.step, c.val, marker=".", color=f"C{i % 10}", label=f"{row} (seed {seed})")
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("validation " + ", ".join(sorted(set(curves.metric))))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{stem}.curves.png"), dpi=110)
+    plt.close(fig)
+    return f"{stem}.curves.png"
+
+
+def write_table(results_dir: str, paper: str, table: str, tier: str, rows: pd.DataFrame, command: str,
+                curves: pd.DataFrame | None = None) -> str:
+    """<table>[.<tier>].{md,csv}; with ``curves`` (the runs' validation curves, load_curves) also
+    <stem>.curves.{csv,png}, linked from the markdown."""
     out_dir = os.path.join(results_dir, paper)
     os.makedirs(out_dir, exist_ok=True)
     stem = table if tier == "full" else f"{table}.{tier}"
     rows.assign(tier=tier).to_csv(os.path.join(out_dir, f"{stem}.csv"), index=False)
+    text = render_markdown(paper, table, tier, rows, command)
+    if curves is not None and len(curves):
+        png = write_curves(out_dir, stem, curves)
+        text += ("\nLearning curves: validation metric against optimizer steps, every evaluation of each run above "
+                 f"(`{stem}.curves.csv`).\n" + (f"\n![learning curves]({png})\n" if png else ""))
     path = os.path.join(out_dir, f"{stem}.md")
     with open(path, "w") as f:
-        f.write(render_markdown(paper, table, tier, rows, command))
+        f.write(text)
     return path
