@@ -247,7 +247,11 @@ def render(paper: str, tier: str, runs: list[dict], command: str, only: list[str
             if cell["experiment"] not in curved:  # several cells (valid and test) read the same runs
                 curved.add(cell["experiment"])
                 curve_runs += [(str(cell["row"]), d) for d in dirs]
-            row = summarise_cell(cell, load_summaries(dirs), planned=len(dirs))
+            started = [d for d in dirs if os.path.isdir(d)]  # a seed never started is "not run", not a failure
+            row = summarise_cell(cell, load_summaries(dirs), planned=len(started))
+            if started and len(started) < len(dirs):
+                row["notes"] = "; ".join(n for n in (row["notes"], f"{len(dirs) - len(started)} of the preset's "
+                                                     f"{len(dirs)} seeds not run") if n)
             if tier == "reduced" and dirs:
                 budget = "reduced budget: " + " ".join(preset_reduced(cell["experiment"]))
                 row["notes"] = "; ".join(n for n in (budget, row["notes"]) if n)
