@@ -142,6 +142,29 @@ def test_learning_curves_are_read_from_each_run_and_linked_from_the_table(tmp_pa
     assert "curves" not in plain  # without curves (the smoke tier) the table links none
 
 
+def test_render_tells_seeds_never_started_from_runs_that_left_no_summary(tmp_path, monkeypatch):
+    """Of a preset's 3 seeds, one finished, one started and stopped without a summary, one never started: the table
+    counts the finished one, and its notes name the other two apart (a seed not run is not a failure)."""
+    import scripts.reproduce_tables as rt
+
+    results = tmp_path / "results"
+    (results / "expected").mkdir(parents=True)
+    expected = pd.read_csv(REPO / "results" / "expected" / "antisymmetric_rnn.csv")
+    expected = expected[expected.experiment == "antisymmetric_rnn/table1_pmnist_antisym"].head(1)
+    expected.to_csv(results / "expected" / "antisymmetric_rnn.csv", index=False)
+    monkeypatch.setattr(rt, "RESULTS", results)
+    experiment = expected.experiment.iloc[0]
+    finished = _run_with_curve(tmp_path / "seed_0", 0, [0.5, 0.8])
+    (tmp_path / "seed_1").mkdir()  # started, stopped before writing a summary
+    runs = [{"experiment": experiment, "dir": tmp_path / name} for name in ("seed_0", "seed_1", "seed_2")]
+    assert str(runs[0]["dir"]) == finished
+    (path,) = rt.render("antisymmetric_rnn", "full", runs, "make reproduce-tables", only=[experiment])
+    table = pd.read_csv(path[:-len(".md")] + ".csv")
+    (notes,) = table.notes.tolist()
+    assert table.seeds.tolist() == [1]
+    assert "1 of 2 runs left no summary" in notes and "1 of the preset's 3 seeds not run" in notes
+
+
 def test_reproduce_tables_dry_run_plans_every_row():
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce_tables.py"), "--tier", "smoke",
                              "--paper", "sbo_rnn", "--dry-run", "--runs-dir", "/nonexistent-runs"],
