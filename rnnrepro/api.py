@@ -116,6 +116,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "deterministic": bool(cfg.trainer.deterministic), "flush_denormal": bool(flush_denormal),
         "cpu_model": cpu_model(), "output_dir": output_dir, "status": "running",
     }
+    # a resumed run was trained by several processes, possibly at different SHAs: record each one
+    trainer.p.segments.append({"from_step": trainer.p.step, "git_sha": sha, "git_dirty": dirty,
+                               "started_at": summary["started_at"], "device_name": summary["device_name"]})
+    summary["segments"] = trainer.p.segments
     log.info("%s | %s on %s | %d params (%d free) | %s | output %s", cfg.meta.experiment, cfg.model.name,
              cfg.data.name, params, params_free, summary["device_name"], output_dir)
     try:

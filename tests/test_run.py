@@ -12,6 +12,7 @@ import torch
 from helpers import crash_after
 from rnnrepro.api import run
 from rnnrepro.config import ConfigError
+from rnnrepro.results.aggregate import code_versions
 from rnnrepro.results.summary import STATUSES, SUMMARY_FIELDS
 
 
@@ -78,8 +79,15 @@ def test_resume_equals_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, eva
             run(compose_cfg(*common, output_dir=out))
     crashed = json.loads((out / "summary.json").read_text())
     assert crashed["status"] == "failed" and "KeyboardInterrupt" in crashed["error"]
-    resumed = run(compose_cfg(*common, "resume=auto", output_dir=out))
+    with monkeypatch.context() as patch:  # the resume runs at other code: both versions must be on record
+        patch.setattr("rnnrepro.api.git_info", lambda: ("b" * 40, True))
+        resumed = run(compose_cfg(*common, "resume=auto", output_dir=out))
 
+    first, second = resumed["segments"]
+    assert first["from_step"] == 0 and first["git_sha"] == crashed["git_sha"]
+    assert 0 < second["from_step"] < 9 and second["git_sha"] == "b" * 40 and second["git_dirty"]
+    assert code_versions(resumed) == [crashed["git_sha"][:10] + ("+dirty" if crashed["git_dirty"] else ""),
+                                       "bbbbbbbbbb+dirty"]
     assert resumed["steps"] == reference["steps"] == 9
     for key in ("best_val", "best_step", "test_at_best_val", "test_last", "val_last"):
         assert resumed[key] == reference[key], key

@@ -133,13 +133,24 @@ def summarise_cell(expected: pd.Series, summaries: list[dict], planned: int | No
         "steps": int(np.median([s["steps"] for s in ok])) if ok else None,
         "wall_time_s": round(float(np.mean([s["wall_time_s"] for s in ok])), 1) if ok else None,
         "experiment": expected["experiment"],
-        "git_sha": "; ".join(sorted({str(s.get("git_sha", "?"))[:10] + ("+dirty" if s.get("git_dirty") else "")
-                                     for s in summaries})) or "—",
+        "git_sha": "; ".join(sorted({v for s in summaries for v in code_versions(s)})) or "—",
         "device": "; ".join(sorted({str(s.get("device_name", "?")) for s in summaries})) or "—",
         "data": "; ".join(sorted({_describe_data(s.get("data")) for s in summaries})) or "—",
         "finished_at": max((str(s.get("finished_at")) for s in summaries), default="—"),
         "source": expected["source"],
     }
+
+
+def code_versions(summary: dict) -> list[str]:
+    """The SHAs (``+dirty`` for an unclean tree) that trained a run: one per process where the run was resumed."""
+    def label(entry: dict) -> str:
+        return str(entry.get("git_sha", "?"))[:10] + ("+dirty" if entry.get("git_dirty") else "")
+
+    segments = summary.get("segments") or [summary]
+    versions = [label(entry) for entry in segments]
+    if segments[0].get("from_step", 0) > 0:  # resumed from a checkpoint written before segments were recorded
+        versions.append(f"unrecorded before step {segments[0]['from_step']}")
+    return versions
 
 
 MARKDOWN_COLUMNS = ["column", "row", "test_at_best_val", "test_last", "seeds", "reported", "reported_kind", "diff",

@@ -16,7 +16,7 @@ SUMMARY_FIELDS = [
     "mode", "best_val", "best_step", "test_at_best_val", "test_last", "val_last", "steps", "time_steps", "epochs",
     "wall_time_s",
     "status", "error", "device", "device_name", "torch_version", "git_sha", "git_dirty", "host", "started_at",
-    "finished_at", "data", "limit_eval_batches", "deterministic", "output_dir",
+    "finished_at", "data", "limit_eval_batches", "deterministic", "output_dir", "segments",
 ]
 
 STATUSES = ("completed", "diverged", "failed", "running")

@@ -47,6 +47,8 @@ class Progress:
     train_loss_count: int = 0
     diagnostic_sums: dict = field(default_factory=dict)  # algorithm diagnostics (e.g. OK's), averaged per train row
     history: list = field(default_factory=list)
+    # one entry per process that trained this run (the first, then each resume): the code and device it ran with
+    segments: list = field(default_factory=list)
 
 
 def _duration(seconds: float) -> str:
