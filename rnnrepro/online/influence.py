@@ -10,7 +10,8 @@ Each estimator carries, per batch row, an estimate of G_t = dh_t/dW for a Kronec
   cell parameters' ``.grad``;
 - ``zero_rows(influence, rows)``: sets the influence of the given batch rows to zero (sequence starts, resets).
 
-All tensors are batched (einsum / bmm; one small SVD per row for OK) and live on the run's device.
+All tensors are batched (einsum / bmm; for OK two small eigendecompositions and one small SVD per row) and live
+on the run's device.
 """
 
 from __future__ import annotations
@@ -129,20 +130,122 @@ class KFRTRL(KroneckerEstimator):
         self.cell.kron_add_grad(torch.einsum("ba,bk->ak", u, torch.bmm(q.unsqueeze(1), A).squeeze(1)))
 
 
-class OK(KroneckerEstimator):
-    """Optimal Kronecker-sum approximation with r terms: U (B, r, a), A (B, r, n, K) (spec O1-O8).
+def _whitening(gram: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
+    """For a batch of Gram matrices F^T F (B, p, p): (R, W) with F = (F W) R, F W orthonormal on F's range and W
+    zero on its null space. In float64 and on the Gram scaled to a unit diagonal: the rounding of a float32 Gram is
+    relative to its columns' norms, so the scaled eigenvalues are accurate to about rtol whatever the norms (OK's
+    columns span orders of magnitude but are nearly orthogonal). Zero columns, and directions whose scaled
+    eigenvalue is below rtol, get zero weight."""
+    gram = gram.double()
+    scale = gram.diagonal(dim1=1, dim2=2).clamp(min=0).sqrt()  # column norms
+    inverse_scale = torch.where(scale > 0, 1 / torch.where(scale > 0, scale, torch.ones_like(scale)),
+                                torch.zeros_like(scale))
+    values, vectors = torch.linalg.eigh(inverse_scale[:, :, None] * gram * inverse_scale[:, None, :])
+    keep = values > rtol
+    root = torch.where(keep, values.clamp(min=0).sqrt(), torch.zeros_like(values))
+    inverse_root = torch.where(keep, 1 / torch.where(keep, root, torch.ones_like(root)), torch.zeros_like(root))
+    R = root[:, :, None] * vectors.transpose(1, 2) * scale[:, None, :]
+    W = inverse_scale[:, :, None] * vectors * inverse_root[:, None, :]
+    return R, W
 
-    One step: propagate A_i <- H A_i and append (h_hat, D); QR of both families; SVD of the (r+1)x(r+1) core;
-    Opt(sigma) reduces r+1 -> r without bias (``split``: symmetric = minimum variance, official = the OK code);
-    optionally rebalance each pair. When the r+1 terms have rank <= r the step is exact."""
+
+def _stacked_gram(old: Tensor, new: Tensor) -> Tensor:
+    """The Gram matrix of [old | new] (B, d, r) and (B, d) without forming the stack: (B, r+1, r+1)."""
+    cross = torch.bmm(new.unsqueeze(1), old)  # (B, 1, r); as a row times a matrix (the column form is far slower)
+    top = torch.cat([torch.bmm(old.transpose(1, 2), old), cross.transpose(1, 2)], 2)
+    bottom = torch.cat([cross, torch.bmm(new.unsqueeze(1), new.unsqueeze(2))], 2)
+    return torch.cat([top, bottom], 1)
+
+
+class OK(KroneckerEstimator):
+    """Optimal Kronecker-sum approximation with r terms (spec O1-O8), stored as U (B, a, r) and A (B, n, K, r).
+
+    One step: A_i <- H A_i for all i as one bmm on the (B, n, K*r) view (the cost floor, 2 B r n^2 K), then the
+    family u_0..u_r = (U, h_hat), A_0..A_r = (H A, D) is reduced to r terms without forming it: its two (r+1)-sized
+    Gram matrices (one bmm each) give, in float64, orthonormalising transforms W_u, W_A and factors R_u, R_A with
+    u = (u W_u) R_u; the SVD of the (r+1)x(r+1) core R_u R_A^T gives the singular values Opt(sigma)
+    mixes (``split``: symmetric = minimum variance, official = the OK code). Rebalancing each new pair to equal norms
+    (norms from the Gram) is folded into the small mixing matrices, so the new A is one baddbmm over (H A, D). When
+    min(a, n K) <= r the family has rank <= r and the step is exact (the smallest singular value is dropped)."""
 
     def __init__(self, cell: RecurrentCell, rank: int = 16, split: str = "symmetric", rebalance: bool = True) -> None:
         super().__init__(cell)
         self.rank, self.split, self.rebalance = rank, split, rebalance
+        self.exact = min(self.a, self.n * self.K) <= rank
         self.diagnostics = {}
 
     def init(self, batch: int, like: Tensor) -> Influence:
+        return like.new_zeros(batch, self.a, self.rank), like.new_zeros(batch, self.n, self.K, self.rank)
+
+    @staticmethod
+    def terms(influence: Influence) -> tuple[Tensor, Tensor]:
+        """The r Kronecker terms as U (B, r, a) and A (B, r, n, K): G = sum_i u_i (x) A_i (views, no copy)."""
+        U, A = influence
+        return U.transpose(1, 2), A.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def from_terms(U: Tensor, A: Tensor) -> Influence:
+        """The inverse of ``terms``: the influence from U (B, r, a) and A (B, r, n, K)."""
+        return U.transpose(1, 2).contiguous(), A.permute(0, 2, 3, 1).contiguous()
+
+    def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
+        U, A = influence
+        batch, n, K, r = A.shape
+        HA = torch.bmm(H, A.view(batch, n, K * r)).view(batch, n * K, r)
+        D = D.reshape(batch, n * K)
+        rtol = 10 * (r + 1) * torch.finfo(U.dtype).eps
+        gram_u, gram_a = _stacked_gram(U, h_hat), _stacked_gram(HA, D)
+        R_u, W_u = _whitening(gram_u, rtol)
+        R_a, W_a = _whitening(gram_a, rtol)
+        left, sigma, right_h = torch.linalg.svd(R_u @ R_a.transpose(1, 2))
+        # ascending, as Opt expects; the singular directions are (u W_u) left and (A W_a) right
+        sigma, left, right = sigma.flip(-1), left.flip(-1), right_h.transpose(1, 2).flip(-1)
+        if self.exact:  # rank <= r: keep the r largest terms, no noise
+            coeff_u = torch.eye(r + 1, dtype=sigma.dtype, device=sigma.device)[:, 1:].expand(batch, -1, -1)
+            coeff_a = coeff_u * sigma[:, :, None]
+            self.diagnostics = {}
+        else:
+            signs = rademacher(sigma.shape, sigma)
+            coeff_u, coeff_a, stats = opt_coefficients(sigma, signs, self.split)
+            # 0-dim tensors, summed on the device and read once per batch by the training algorithm
+            self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).to(sigma.dtype).mean(),
+                                "ok_variance_formula": stats["variance"].mean(),
+                                "ok_mixed_share": stats["mixed_share"].mean()}
+        mix_u, mix_a = W_u @ (left @ coeff_u), W_a @ (right @ coeff_a)  # (B, r+1, r) over (u, h_hat) and (HA, D)
+        if self.rebalance:  # |u_s| = |A_s|: the squared norms are the Gram's quadratic forms
+            norm2_a = (mix_a * (gram_a.double() @ mix_a)).sum(1)
+            norm2_u = (mix_u * (gram_u.double() @ mix_u)).sum(1)
+            gamma = _ratio_sqrt(norm2_a.clamp(min=0).sqrt(), norm2_u.clamp(min=0).sqrt())  # (B, r)
+            mix_u, mix_a = mix_u * gamma[:, None, :], mix_a / gamma[:, None, :]
+        mix_u, mix_a = mix_u.to(U.dtype), mix_a.to(U.dtype)
+        # the new term's share added in place (a bmm with inner size 1 is several times slower than the mixing)
+        U_new = torch.bmm(U, mix_u[:, :r]).addcmul_(h_hat[:, :, None], mix_u[:, r:])
+        A_new = torch.bmm(HA, mix_a[:, :r]).addcmul_(D[:, :, None], mix_a[:, r:])
+        return U_new, A_new.view(batch, n, K, r)
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        U, A = influence
+        batch, n, K, r = A.shape
+        qa = torch.bmm(q.unsqueeze(1), A.view(batch, n, K * r)).view(batch, K, r)  # q^T A_i for all i
+        self.cell.kron_add_grad(torch.einsum("bar,bkr->ak", U, qa))
+
+
+class OKQR(OK):
+    """The earlier OK step (the implementation before the Gram-based one), kept as the reference that the tests and
+    ``scripts/bench_online.py`` compare against; the CLI always builds ``OK``. Layout U (B, r, a), A (B, r, n, K);
+    per step: a broadcast matmul for H A_i, the stacked families (cat), a QR of each, the SVD of the core, explicit
+    new factors from the bases, and rebalancing by norms over the big tensors."""
+
+    def init(self, batch: int, like: Tensor) -> Influence:
         return like.new_zeros(batch, self.rank, self.a), like.new_zeros(batch, self.rank, self.n, self.K)
+
+    @staticmethod
+    def terms(influence: Influence) -> tuple[Tensor, Tensor]:
+        return influence[0], influence[1]
+
+    @staticmethod
+    def from_terms(U: Tensor, A: Tensor) -> Influence:
+        return U.contiguous(), A.contiguous()
 
     def propagate(self, influence: Influence, h_hat: Tensor, D: Tensor, H: Tensor) -> Influence:
         U, A = influence
@@ -150,30 +253,25 @@ class OK(KroneckerEstimator):
         A = torch.matmul(H.unsqueeze(1), A)
         us = torch.cat([U, h_hat.unsqueeze(1)], 1)  # (B, r+1, a)
         As = torch.cat([A, D.unsqueeze(1)], 1).flatten(2)  # (B, r+1, nK)
-        basis_u, coef_u = torch.linalg.qr(us.transpose(1, 2))  # (B, a, k1), (B, k1, r+1)
-        basis_a, coef_a = torch.linalg.qr(As.transpose(1, 2))  # (B, nK, k2), (B, k2, r+1)
-        core = coef_u @ coef_a.transpose(1, 2)  # sum_i u_i (x) A_i = sum_jl core_jl q_j (x) Q_l
-        left, sigma, right_h = torch.linalg.svd(core, full_matrices=False)
-        # Ascending order, as Opt expects. The singular directions are basis @ left / basis @ right; only the small
-        # (r+1)-sized factors are reordered and combined, the big bases are multiplied once at the end.
+        basis_u, coef_u = torch.linalg.qr(us.transpose(1, 2))
+        basis_a, coef_a = torch.linalg.qr(As.transpose(1, 2))
+        left, sigma, right_h = torch.linalg.svd(coef_u @ coef_a.transpose(1, 2), full_matrices=False)
         sigma, left, right = sigma.flip(-1), left.flip(-1), right_h.transpose(1, 2).flip(-1)
         p = sigma.shape[-1]
-        if p <= r:  # rank <= r: exact, no mixing; pad with zero terms
+        if p <= r:
             mix_u = torch.cat([left, left.new_zeros(batch, left.shape[1], r - p)], 2)
             mix_a = torch.cat([right * sigma[:, None, :], right.new_zeros(batch, right.shape[1], r - p)], 2)
             self.diagnostics = {}
         else:
-            signs = rademacher(sigma.shape, sigma)
-            coeff_u, coeff_a, stats = opt_coefficients(sigma, signs, self.split)
+            coeff_u, coeff_a, stats = opt_coefficients(sigma, rademacher(sigma.shape, sigma), self.split)
             mix_u, mix_a = left @ coeff_u, right @ coeff_a
-            # 0-dim tensors: converted once per batch by the algorithm, not synchronised every step on a GPU
             self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).to(sigma.dtype).mean(),
                                 "ok_variance_formula": stats["variance"].mean(),
                                 "ok_mixed_share": stats["mixed_share"].mean()}
-        u_new = (basis_u @ mix_u).transpose(1, 2)  # (B, r, a)
-        a_new = (basis_a @ mix_a).transpose(1, 2)  # (B, r, nK)
+        u_new = (basis_u @ mix_u).transpose(1, 2)
+        a_new = (basis_a @ mix_a).transpose(1, 2)
         if self.rebalance:
-            gamma = _ratio_sqrt(a_new.norm(dim=2), u_new.norm(dim=2))  # (B, r)
+            gamma = _ratio_sqrt(a_new.norm(dim=2), u_new.norm(dim=2))
             u_new = u_new * gamma[:, :, None]
             a_new = a_new / gamma[:, :, None]
         return u_new, a_new.view(batch, r, self.n, self.K)

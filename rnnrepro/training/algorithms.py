@@ -122,7 +122,7 @@ class GradientAlgorithm:
         self.step_losses: Tensor | None = None
         self.want_step_losses = False  # set by the trainer when the data module observes training losses
         self.should_stop: Callable[[], bool] = lambda: False  # set by the trainer: the step budget is spent
-        self.diagnostics: dict[str, float] = {}
+        self.diagnostics: dict[str, float | Tensor] = {}  # per-batch means (OK's); may be 0-dim device tensors
 
     def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
         """Trains on one batch; returns its mean loss. ``update()`` applies the accumulated gradients and returns
@@ -220,16 +220,16 @@ class Online(GradientAlgorithm):
     def reset(self) -> None:
         self.state = None
 
-    def _step_loss(self, out: Tensor, batch: dict, t: int, length: int) -> Tensor | None:
+    def _step_loss(self, out: Tensor, batch: dict, t: int, length: int, scored: list[bool] | None) -> Tensor | None:
         task = self.model.task
         if not task.sequence_output:
             return task.loss(out, batch) if t == length - 1 else None
         step = {"y": batch["y"][:, t : t + 1]}
         mask = batch.get("mask")
         if mask is not None:
-            step["mask"] = mask[:, t : t + 1]
-            if not bool(step["mask"].any()):
+            if scored is not None and not scored[t]:
                 return None
+            step["mask"] = mask[:, t : t + 1]
         return task.loss(out.unsqueeze(1), step)
 
     def train_batch(self, batch: dict, update: Callable[[], int]) -> float:
@@ -241,13 +241,17 @@ class Online(GradientAlgorithm):
             self.state = (cell.init_state(rows, x), estimator.init(rows, x))
         state, influence = self.state
         reset = batch.get("reset")
+        # which steps reset rows or score a loss: read from the device once per batch, not once per step
+        resets = reset.any(0).tolist() if reset is not None else None
+        mask = batch.get("mask")
+        scored = mask.reshape(mask.shape[0], mask.shape[1], -1).any(2).any(0).tolist() if mask is not None else None
         head_params = [p for p in model.head.parameters() if p.requires_grad]
         losses: list[Tensor] = []
         sums: dict[str, Tensor] = {}
         steps = 0
         for t in range(length):
             steps += 1
-            if reset is not None and bool(reset[:, t].any()):
+            if resets is not None and resets[t]:
                 rows_reset = reset[:, t]
                 state = tuple(s.masked_fill(rows_reset[:, None], 0) for s in state)
                 influence = estimator.zero_rows(influence, rows_reset)
@@ -257,7 +261,7 @@ class Online(GradientAlgorithm):
                 sums[key] = sums[key] + value if key in sums else value
             leaf = torch.cat(state, -1).requires_grad_()
             out = model.head(cell.output(tuple(leaf.split(cell.hidden_size, -1))))
-            loss = self._step_loss(out, batch, t, length)
+            loss = self._step_loss(out, batch, t, length, scored)
             if loss is not None:
                 torch.autograd.backward(loss / self.update_every, inputs=[leaf, *head_params])
                 with torch.no_grad():
@@ -270,7 +274,7 @@ class Online(GradientAlgorithm):
                 if self.should_stop():
                     break
         self.state = (state, influence)
-        self.diagnostics = {k: float(v) / steps for k, v in sums.items()}
+        self.diagnostics = {k: v / steps for k, v in sums.items()}  # device tensors; the trainer reads them per row
         self.step_losses = torch.stack(losses) if losses else None
         # one host synchronisation per batch; a non-finite step loss ends the run as diverged
         return check_finite(self.step_losses.mean()) if losses else float("nan")

@@ -145,7 +145,7 @@ class Trainer:
 
     def _validate_and_checkpoint(self) -> None:
         if self.p.train_loss_count:
-            diagnostics = {k: v / self.p.train_loss_count for k, v in self.p.diagnostic_sums.items()}
+            diagnostics = {k: float(v) / self.p.train_loss_count for k, v in self.p.diagnostic_sums.items()}
             self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count, **diagnostics,
                                     **self.data.train_extras()})
         with self.eval_weights():
@@ -274,7 +274,7 @@ class Trainer:
                     self.p.time_steps += int(batch["x"].shape[1]) if batch["x"].dim() > 1 else 1
                     self.p.train_loss_sum += loss
                     for key, value in self.algorithm.diagnostics.items():
-                        self.p.diagnostic_sums[key] = self.p.diagnostic_sums.get(key, 0.0) + value
+                        self.p.diagnostic_sums[key] = self.p.diagnostic_sums.get(key, 0.0) + value  # on the device
                     self.p.train_loss_count += 1
                     self.p.batch_in_epoch += 1
                     bar.update(1)
