@@ -88,6 +88,7 @@ class AlgoSpec:
     theory: str  # as written in the Markdown
     rank: int | None = None
     exact: bool = False  # influence of B * n * a * K floats: subject to --max-influence-mb and --rtrl-sizes
+    kind: str = "train"  # train: the real train_batch | qr_reference: the same with OKQR | products: OK's products only
 
 
 def algo_spec(key: str, truncation: int) -> AlgoSpec:
@@ -98,26 +99,59 @@ def algo_spec(key: str, truncation: int) -> AlgoSpec:
         return AlgoSpec(key, "UORO", ("algorithm=uoro",), 2, 2, "O(n^2); memory O(n^2)")
     if key == "kf_rtrl":
         return AlgoSpec(key, "KF-RTRL", ("algorithm=kf_rtrl",), 3, 2, "O(n^3); memory O(n^2)")
-    if key.startswith("ok_r") and key[4:].isdigit():
-        r = int(key[4:])
-        return AlgoSpec(key, f"OK r={r}", ("algorithm=ok", f"algorithm.ok.rank={r}"), 3, 2,
-                        "O(r n^3); memory O(r n^2)", rank=r)
+    if key.startswith("ok_r"):
+        digits, _, suffix = key[4:].partition("_")
+        if digits.isdigit() and suffix in ("", "qr", "products"):
+            r = int(digits)
+            label = {"": f"OK r={r}", "qr": f"OK r={r}, QR step (before)",
+                     "products": f"OK r={r}: its products alone"}[suffix]
+            return AlgoSpec(key, label, ("algorithm=ok", f"algorithm.ok.rank={r}"), 3, 2,
+                            "O(r n^3); memory O(r n^2)", rank=r,
+                            kind={"": "train", "qr": "qr_reference", "products": "products"}[suffix])
     if key == "rtrl":
         return AlgoSpec(key, "exact RTRL", ("algorithm=rtrl", "algorithm.rtrl_jacobians=kronecker"), 4, 3,
                         "O(n^4); memory O(n^3)", exact=True)
     if key == "rtrl_autograd":
         return AlgoSpec(key, "exact RTRL (autograd Jacobians)", ("algorithm=rtrl", "algorithm.rtrl_jacobians=autograd"),
                         4, 3, "O(n^4); memory O(n^3)", exact=True)
-    raise SystemExit(f"unknown algorithm {key!r}; known: tbptt, uoro, kf_rtrl, ok_r<r> (e.g. ok_r16), rtrl, "
-                     "rtrl_autograd")
+    raise SystemExit(f"unknown algorithm {key!r}; known: tbptt, uoro, kf_rtrl, ok_r<r> (e.g. ok_r16), ok_r<r>_qr, "
+                     "ok_r<r>_products, rtrl, rtrl_autograd")
 
 
-DEFAULT_ALGORITHMS = "tbptt,uoro,kf_rtrl,ok_r16,ok_r8,rtrl"
+DEFAULT_ALGORITHMS = "tbptt,uoro,kf_rtrl,ok_r16,ok_r16_qr,ok_r16_products,ok_r8,rtrl"
 # default n grids: (CPU, CUDA). The O(n^2)/O(n^3)-with-small-constant algorithms get one more size on top.
 DEFAULT_SIZES = {"cpu": [16, 32, 64, 128], "cuda": [32, 64, 128, 256, 512]}
 DEFAULT_EXTRA = {"cpu": [256], "cuda": [1024]}  # for tbptt, uoro, kf_rtrl unless --sizes is given
 DEFAULT_RTRL_SIZES = {"cpu": [8, 16, 32, 64], "cuda": [16, 32, 64, 128, 256]}
 DEFAULT_MAX_INFLUENCE_MB = {"cpu": 256.0, "cuda": 4096.0}
+
+
+def flop_floor(spec: AlgoSpec, n: int, batch: int) -> float:
+    """FLOPs per time step of the products an algorithm cannot avoid (spec online_rtrl 2.9's leading terms; RHN:
+    a = V + n + 1, K = 2n): TBPTT the cell's matmul forward and backward 6 B a K; UORO the forward 2 B a K plus
+    H s 2 B n^2; KF-RTRL H A 2 B n^2 K; OK (and its QR reference) H A_i for r terms 2 B r n^2 K; exact RTRL
+    H G 2 B n^2 a K. The products-alone row counts what it runs (propagation, Gram, mixing)."""
+    a, K = VOCAB + n + 1, 2 * n
+    if spec.kind == "products":
+        return 2 * batch * n * n * K * spec.rank + 4 * batch * n * K * spec.rank**2
+    if spec.rank:
+        return 2 * batch * spec.rank * n * n * K
+    return {"tbptt": 6 * batch * a * K, "uoro": 2 * batch * a * K + 2 * batch * n * n,
+            "kf_rtrl": 2 * batch * n * n * K}.get(spec.key, 2 * batch * n * n * a * K)
+
+
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate at the run's thread count: the best of a few size x size products."""
+    x, y = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    torch.mm(x, y)
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(x, y)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
 
 
 def influence_mb(n: int, batch: int) -> float:
@@ -169,7 +203,39 @@ def build_variant(spec: AlgoSpec, n: int, args: argparse.Namespace, device: torc
     model = build_model(cfg.model, data_spec, build_task(TaskType.classify_each, metric="bpc")).to(device)
     optimizer = build_optimizer(cfg.optimizer, (p for p in model.parameters() if p.requires_grad))
     algorithm = build_algorithm(cfg.algorithm, model, carry_state=True)
+    if spec.kind == "qr_reference":  # the step this change replaced, in the same training loop
+        from rnnrepro.online.influence import OKQR
+
+        ok = cfg.algorithm.ok
+        split = str(getattr(ok.split, "value", ok.split))
+        algorithm.estimator = OKQR(model.cell, rank=int(ok.rank), split=split, rebalance=bool(ok.rebalance))
+    if spec.kind == "products":
+        algorithm = OKProducts(model.cell, int(spec.rank), args.batch, device)
     return Variant(spec, n, model, optimizer, algorithm)
+
+
+class OKProducts:
+    """OK's unavoidable products at the shapes of one step, timed alone: the propagation H A (B, n, n) x (B, n, K r),
+    the Gram of the propagated family (B, r, nK) x (B, nK, r) and the mixing (B, nK, r) x (B, r, r). Its
+    ``train_batch`` runs them once per time step of the batch, so it is timed like the real step."""
+
+    def __init__(self, cell: Any, rank: int, batch: int, device: torch.device) -> None:
+        n, K = cell.hidden_size, cell.kron_width()
+        g = torch.Generator(device="cpu").manual_seed(0)
+        self.H = torch.randn(batch, n, n, generator=g).to(device)
+        self.A = (0.1 * torch.randn(batch, n, K * rank, generator=g)).to(device)
+        self.mix = torch.randn(batch, rank, rank, generator=g).to(device) / rank
+        self.n, self.K, self.r = n, K, rank
+        self.state = (self.A,)
+        self.flops = 2 * batch * n * n * K * rank + 2 * 2 * batch * n * K * rank * rank
+
+    def train_batch(self, batch: dict[str, Tensor], update: Any) -> float:
+        b, n, K, r = self.A.shape[0], self.n, self.K, self.r
+        for _ in range(batch["x"].shape[1]):
+            HA = torch.bmm(self.H, self.A).view(b, n * K, r)
+            torch.bmm(HA.transpose(1, 2), HA)
+            torch.bmm(HA, self.mix)
+        return 0.0
 
 
 def make_batch(args: argparse.Namespace, n: int, round_: int, device: torch.device) -> dict[str, Tensor]:
@@ -371,9 +437,12 @@ def bench_size(n: int, specs: list[AlgoSpec], args: argparse.Namespace, device: 
             v.times.append(run_batch(v, batch, device))
     batch = make_batch(args, n, 10_000, device)
     for v in variants:
+        if v.spec.kind == "products":  # no model state to measure
+            continue
         measure_memory(v, batch, device)
         if args.profile:
             profile_batch(v, batch, device)
+    for v in variants:
         med = statistics.median(v.times) * 1e3
         print(f"  {v.spec.label:12s} n={n:4d}: {med:9.3f} ms/step (median of {len(v.times)}), "
               f"state {v.mem.get('state_mb', math.nan):.2f} MB", flush=True)
@@ -387,7 +456,8 @@ def bench_size(n: int, specs: list[AlgoSpec], args: argparse.Namespace, device: 
 
 CSV_COLUMNS = ["algorithm", "label", "n", "B", "L", "k", "rank", "status", "ms_per_step_median", "ms_per_step_iqr",
                "ms_per_step_min", "ratio_vs_tbptt", "ratio_min_vs_tbptt", "state_mb", "tbptt_saved_mb",
-               "transient_mb", "transient_metric", "cuda_peak_mb"]
+               "transient_mb", "transient_metric", "cuda_peak_mb", "flop_floor_gflop", "floor_gflops_achieved",
+               "floor_fraction_of_peak"]
 
 
 def to_frame(variants: list[Variant], args: argparse.Namespace, prov: dict[str, Any]) -> pd.DataFrame:
@@ -397,11 +467,14 @@ def to_frame(variants: list[Variant], args: argparse.Namespace, prov: dict[str, 
         row: dict[str, Any] = {"algorithm": v.spec.key, "label": v.spec.label, "n": v.n, "B": args.batch,
                                "L": args.steps, "k": args.truncation if v.spec.key == "tbptt" else None,
                                "rank": v.spec.rank, "status": v.status}
+        row["flop_floor_gflop"] = flop_floor(v.spec, v.n, args.batch) / 1e9
         if v.times:
             a = np.asarray(v.times) * 1e3
             q25, q75 = np.percentile(a, [25, 75])
             row.update({"ms_per_step_median": float(np.median(a)), "ms_per_step_iqr": float(q75 - q25),
                         "ms_per_step_min": float(a.min())})
+            row["floor_gflops_achieved"] = row["flop_floor_gflop"] / (row["ms_per_step_median"] / 1e3)
+            row["floor_fraction_of_peak"] = row["floor_gflops_achieved"] / prov["peak_gflops"]
             if v.n in ref:
                 r = np.asarray(ref[v.n].times) * 1e3
                 row["ratio_vs_tbptt"] = row["ms_per_step_median"] / float(np.median(r))
@@ -465,6 +538,92 @@ def _pivot(df: pd.DataFrame, col: str, specs: list[AlgoSpec], fmt: str) -> str:
     table.columns = [f"n={c}" for c in table.columns]
     table = table.map(lambda x: "–" if pd.isna(x) else format(x, fmt)).rename_axis("algorithm").reset_index()
     return table.to_markdown(index=False, colalign=["left"] + ["right"] * (table.shape[1] - 1), disable_numparse=True)
+
+
+def ok_floor_section(df: pd.DataFrame) -> list[str]:
+    """Per OK rank and n: the whole step against its products alone and against the QR step, same rounds."""
+    rows = []
+    timed = df[df["ms_per_step_median"].notna()]
+    for (rank, n), group in timed[timed["rank"].notna()].groupby(["rank", "n"]):
+        by_key = {k: g.iloc[0] for k, g in group.groupby("algorithm")}
+        step, products, qr = (by_key.get(f"ok_r{int(rank)}{suffix}") for suffix in ("", "_products", "_qr"))
+        if step is None or products is None:
+            continue
+        row = {"r": int(rank), "n": int(n), "whole step ms": step.ms_per_step_median,
+               "products alone ms": products.ms_per_step_median,
+               "whole / products": step.ms_per_step_median / products.ms_per_step_median}
+        if qr is not None:
+            row.update({"QR step (before) ms": qr.ms_per_step_median,
+                        "QR step / whole step": qr.ms_per_step_median / step.ms_per_step_median})
+        rows.append(row)
+    if not rows:
+        return []
+    return ["## The OK step against its unavoidable products", "",
+            "Medians of the same interleaved rounds. `products alone`: the propagation bmm (B, n, n) x (B, n, K r), "
+            "the Gram bmm (B, r, nK) x (B, nK, r) and the mixing bmm (B, nK, r) x (B, r, r) at the step's shapes, "
+            "nothing else. `whole step`: the real `train_batch` per time step (kron step, OK step, head, loss, "
+            "q_t, accumulate, clip, Adam). `QR step (before)`: the same loop with `OKQR`, the implementation this "
+            "one replaced (stacked families, two QRs, explicit bases, norms over the big tensors). Targets "
+            "(issue): whole / products <= 1.5 and QR / whole >= 3.", "",
+            pd.DataFrame(rows).to_markdown(index=False, floatfmt=".2f"), ""]
+
+
+def floor_section(df: pd.DataFrame, specs: list[AlgoSpec], prov: dict[str, Any]) -> list[str]:
+    return ["## FLOP floor and the achieved fraction", "",
+            f"`flop_floor_gflop` per time step (see `flop_floor`: the products each algorithm cannot avoid, spec 2.9), "
+            f"the rate at which the measured step covers it, and that rate as a fraction of this machine's float32 "
+            f"matmul peak measured in the same run ({prov['peak_gflops']:.1f} GFLOP/s, a 2048 x 2048 mm at "
+            f"{prov['num_threads']} thread(s)). A fraction near 1 means the step is as fast as its floor allows.", "",
+            "Floor, GFLOP per step:", "", _pivot(df, "flop_floor_gflop", specs, ".4g"), "",
+            "Fraction of the matmul peak achieved on the floor:", "",
+            _pivot(df, "floor_fraction_of_peak", specs, ".3f"), ""]
+
+
+def preset_loop(args: argparse.Namespace, device: torch.device) -> dict[str, Any] | None:
+    """The real preset end to end through rnnrepro.api.run (data generation, curriculum, the loss, per-step Adam
+    updates, the trainer's bookkeeping): online_rtrl/copy_ok_official at its paper size, run for N1 and N2 steps; the
+    difference of the two wall times over N2 - N1 steps cancels setup and the final evaluation."""
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import rnnrepro.config  # noqa: F401
+    from rnnrepro.api import run
+
+    preset = "online_rtrl/copy_ok_official"
+    walls = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for steps in args.preset_steps:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+                cfg = compose("config", overrides=[
+                    f"experiment={preset}", f"trainer.max_steps={steps}", f"trainer.eval_every_n_steps={steps}",
+                    "trainer.checkpoint=false", "trainer.progress_bar=false", "data.n_val=16", "data.n_test=16",
+                    f"trainer.device={device.type}", f"trainer.num_threads={torch.get_num_threads()}",
+                    f"output_dir={tmp}/steps{steps}"])
+            GlobalHydra.instance().clear()
+            walls[steps] = float(run(cfg)["wall_time_s"])
+    n1, n2 = args.preset_steps
+    ms = 1e3 * (walls[n2] - walls[n1]) / (n2 - n1)
+    return {"preset": preset, "steps": (n1, n2), "walls": walls, "ms_per_step": ms}
+
+
+def preset_section(loop: dict[str, Any] | None, df: pd.DataFrame) -> list[str]:
+    if loop is None:
+        return []
+    n1, n2 = loop["steps"]
+    out = ["## The real preset loop, end to end", "",
+           f"`{loop['preset']}` (RHN n=128, OK r=16, B=16, official split) through `rnnrepro.api.run`, with data "
+           f"generation, the curriculum, the loss, Adam after every step and the trainer's bookkeeping: "
+           f"{loop['walls'][n1]:.1f} s for {n1} steps, {loop['walls'][n2]:.1f} s for {n2}; the difference gives "
+           f"**{loop['ms_per_step']:.1f} ms per step** ({1e3 / loop['ms_per_step']:.1f} steps/s)."]
+    row = df[(df["algorithm"] == "ok_r16") & (df["n"] == 128) & df["ms_per_step_median"].notna()]
+    if not row.empty:
+        step_ms = row["ms_per_step_median"].iloc[0]
+        out.append(f"The `train_batch` step alone (above, symmetric split) took {step_ms:.1f} ms in this run; the "
+                   "rest is the loop around it (one batch per time step: chunk_len=1).")
+    return [*out, ""]
 
 
 def official_comparison(df: pd.DataFrame, args: argparse.Namespace) -> list[str]:
@@ -574,6 +733,9 @@ def write_markdown(df: pd.DataFrame, exps: pd.DataFrame, specs: list[AlgoSpec], 
             prof.to_markdown(index=False, floatfmt=".1f"),
             "",
         ]
+    lines += ok_floor_section(df)
+    lines += floor_section(df, specs, prov)
+    lines += preset_section(prov.get("preset_loop"), df)
     lines += official_comparison(df, args)
     if not skipped.empty:
         lines += ["## Skipped", ""] + [f"- {r.label} n={r.n}: {r.status}" for r in skipped.itertuples()] + [""]
@@ -610,6 +772,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled batch (time split into QR/SVD/matmul/copy/Adam/other)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset-steps", dest="preset_steps", type=_ints, default=[100, 400],
+                   help="the two step counts N1,N2 of the end-to-end preset timing (default 100,400)")
+    p.add_argument("--no-preset-loop", dest="preset_loop", action="store_false",
+                   help="skip the end-to-end timing of online_rtrl/copy_ok_official")
     p.add_argument("--out-dir", dest="out_dir", type=Path, default=ROOT / "results" / "bench")
     p.add_argument("--tag", default="", help="suffix of the output names: online-<device>-<tag>.{csv,md}")
     p.add_argument("--tune-malloc", dest="tune_malloc", action="store_true",
@@ -652,11 +818,14 @@ def main(argv: list[str] | None = None) -> int:
           f"B={args.batch} L={args.steps} k={args.truncation}; warmup {args.warmup}, repeats {args.repeats}; "
           f"algorithms {[s.key for s in specs]}; n {all_sizes}", flush=True)
 
+    prov["peak_gflops"] = matmul_peak_gflops(device)
     prov["load_before"] = load_average()
     start = time.perf_counter()
     variants: list[Variant] = []
     for n in all_sizes:
         variants += bench_size(n, specs, args, device)
+    if args.preset_loop:
+        prov["preset_loop"] = preset_loop(args, device)
     prov["elapsed_s"] = time.perf_counter() - start
     prov["load_after"] = load_average()
     print(f"timing took {prov['elapsed_s']:.0f} s", flush=True)
