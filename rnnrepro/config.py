@@ -160,7 +160,17 @@ def validate(cfg: DictConfig) -> Config:
     typed = OmegaConf.to_object(cfg)
     _check_algorithm_fits(typed)
     _check_schedule(typed)
+    _check_curriculum(cfg)
     return typed
+
+
+def _check_curriculum(cfg: DictConfig) -> None:
+    curriculum = cfg.data.get("curriculum") if cfg.data.get("name") == "string_memo" else None
+    metric = curriculum.get("metric") if curriculum is not None else None
+    if str(getattr(metric, "value", metric)) == "recall_positions":
+        raise ConfigError("data.curriculum.metric=recall_positions needs per-stream training losses, which no "
+                          "training algorithm passes to the data yet (they pass each step's batch mean); use "
+                          "data.curriculum.metric=all_positions, the OK code's rule")
 
 
 def _check_schedule(cfg: Config) -> None:

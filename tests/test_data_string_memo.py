@@ -17,9 +17,10 @@ from rnnrepro.data.string_memo import BLANK, MARKER, StringMemo, sample_length, 
 LN2 = math.log(2.0)
 
 
-def _data(compose_cfg, *overrides, run_seed: int = 0) -> StringMemo:
+def _data(compose_cfg, *overrides, run_seed: int = 0, check: bool = True) -> StringMemo:
     cfg = compose_cfg("dataset=string_memo", *overrides)
-    validate(cfg)
+    if check:
+        validate(cfg)
     data = build_datamodule(cfg.data, run_seed)
     data.setup()
     return data
@@ -173,10 +174,12 @@ def test_long_chunks_check_the_curriculum_once_per_generated_step(compose_cfg):
     # EMA 0.1 < 0.15 at the first start: T -> 2 and EMA -> 0.3; no loss observed inside the chunk, so no more steps
     assert data.T == 2 and data.ema == 0.3
     assert batch["x"].shape == (2, 12, 4) and batch["reset"][0].nonzero().flatten().tolist() == [0, 6]
-    with pytest.raises(ValueError, match="12"):
-        data.observe(torch.zeros(5))
+    with pytest.raises(ValueError, match="12"):  # more losses than the chunk's steps
+        data.observe(torch.zeros(13))
     data.observe(torch.zeros(12))
     assert data.ema == pytest.approx(0.3 * 0.999**12)
+    data.observe(torch.zeros(5))  # a prefix: a budget that ended inside the chunk
+    assert data.ema == pytest.approx(0.3 * 0.999**17)
 
 
 def test_checkpoint_state_round_trip_continues_identically(compose_cfg):
@@ -228,9 +231,14 @@ def test_eval_sequences_have_the_current_T_and_are_fixed(compose_cfg):
 
 
 def test_recall_positions_mask_and_metric(compose_cfg):
-    data = _data(compose_cfg, "data.initial_T=2", "data.len_jitter=0", "data.batch_size=2", "data.chunk_len=6",
+    """The data module's side of curriculum.metric=recall_positions (validate() refuses it for training runs: no
+    algorithm passes per-stream losses yet)."""
+    overrides = ("data.initial_T=2", "data.len_jitter=0", "data.batch_size=2", "data.chunk_len=6",
                  "data.steps_per_epoch=60", "data.loss_positions=recall", "data.curriculum.metric=recall_positions",
                  "data.curriculum.ema_decay=0.5")
+    with pytest.raises(ConfigError, match="curriculum.metric=all_positions"):
+        validate(compose_cfg("dataset=string_memo", *overrides))
+    data = _data(compose_cfg, *overrides, check=False)
     batch = next(data.train_batches(0))
     assert batch["mask"][0].tolist() == [False, False, False, True, True, True]
     with pytest.raises(ValueError, match="per-stream"):

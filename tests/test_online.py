@@ -842,6 +842,16 @@ def test_cli_path_ok_run_logs_ok_diagnostics(compose_cfg, tmp_path):
     assert math.isfinite(row["loss"])
 
 
+def test_online_budget_ending_inside_a_string_memo_chunk_completes(compose_cfg, tmp_path):
+    """OK with data.chunk_len=4 and max_steps=6 stops after 2 steps of the second chunk: the curriculum sees those
+    2 losses (a prefix of the chunk) instead of failing with 'got losses for 2 steps, the last batch had 4'."""
+    cfg = compose_cfg("model=rhn", "algorithm=ok", "algorithm.ok.rank=2", "model.hidden_size=4", "dataset=string_memo",
+                      "data.chunk_len=4", "data.batch_size=2", "data.n_val=4", "data.n_test=4", "trainer.max_steps=6",
+                      output_dir=tmp_path / "ok")
+    summary = run(cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 6 and summary["time_steps"] == 8
+
+
 # ------------------------------------------------------------------------------------------------------ TBPTT
 def test_tbptt_with_a_window_covering_the_batch_equals_bptt():
     """k >= T: one window, one update, the same gradient as BPTT's single update."""

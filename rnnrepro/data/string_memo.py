@@ -250,16 +250,17 @@ class StringMemo(SequenceDataModule):
     def observe(self, step_losses: Tensor) -> None:
         """Updates the curriculum EMA step by step. ``step_losses``: (L,) batch-mean cross-entropy in nats of each
         step of the last training batch, or the per-stream (B, L) losses (needed for curriculum.metric =
-        recall_positions)."""
+        recall_positions). Fewer losses than the batch's steps are a prefix: an online algorithm whose budget ended
+        inside the batch trained only on its first steps."""
         losses = torch.as_tensor(step_losses).detach().to("cpu", torch.float64)
-        if self._last_recall is not None and losses.shape[-1] != self._last_recall.shape[1]:
+        if self._last_recall is not None and losses.shape[-1] > self._last_recall.shape[1]:
             raise ValueError(f"observe: got losses for {losses.shape[-1]} steps, the last batch had "
                              f"{self._last_recall.shape[1]}")
         if self.curriculum_metric == "recall_positions":
             if losses.dim() != 2 or self._last_recall is None:
                 raise ValueError("data.curriculum.metric=recall_positions needs observe() to receive the per-stream "
                                  "(B, L) losses of the last training batch")
-            recall = self._last_recall.to(torch.float64)
+            recall = self._last_recall[:, : losses.shape[1]].to(torch.float64)
             counts = recall.sum(0)
             values = [(float((losses[:, t] * recall[:, t]).sum() / counts[t]) if counts[t] > 0 else None)
                       for t in range(losses.shape[1])]
