@@ -6,6 +6,8 @@ executed, beside the official OK logs.
     python scripts/online_rtrl_report.py run --scale paper    # the presets as they are (GPU)
     python scripts/online_rtrl_report.py run --tasks ptb --seeds 0 1 -- data.root=DIR   # Hydra overrides after --
     python scripts/online_rtrl_report.py report --scale cpu   # results/online_rtrl/{copy,char_ptb}.<scale>.{md,csv,png}
+    python scripts/online_rtrl_report.py matched --runs-dir DIR   # results/online_rtrl/copy_matched.{md,csv,png}:
+        # paper-size copy runs in DIR/matched/<experiment>/seed<k>/ against the official runs at the same step
 
 ``run`` launches ``run.py experiment=online_rtrl/<task>_<algorithm>`` once per algorithm and seed into
 ``runs/online_rtrl/<scale>/<task>_<algorithm>/seed<k>`` (an existing finished run is reused, an unfinished one
@@ -19,6 +21,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -217,6 +220,109 @@ def report_ptb(scale: str, out_dir: str) -> str | None:
     return path
 
 
+# The official OK copy runs' curriculum T every 10k steps up to 200k (5 runs, n=128, r=16, B=16), read from their
+# logs into this file with the source file and line of each value.
+OFFICIAL_COPY_CURVE = os.path.join(REPO, "results", "online_rtrl", "official_copy_T.csv")
+MATCHED = {"copy_ok_official": "OK (official split)", "copy_ok": "OK (symmetric split)"}
+
+
+def _run_record(folder: str) -> dict | None:
+    """summary.json of a finished run; for one still training, the provenance its last checkpoint holds (the SHA,
+    device and start of each process that trained it), status "unfinished" (still training, or stopped)."""
+    metrics, summary = os.path.join(folder, "metrics.csv"), os.path.join(folder, "summary.json")
+    if not os.path.exists(metrics):
+        return None
+    if os.path.exists(summary):
+        return json.load(open(summary))
+    last = os.path.join(folder, "last.pt")
+    if not os.path.exists(last):
+        return None
+    import torch
+
+    progress = torch.load(last, map_location="cpu", weights_only=False)["progress"]
+    segments = progress.get("segments") or [{}]
+    config = os.path.join(folder, "config.yaml")
+    seed = int(re.search(r"^seed: (\d+)", open(config).read(), re.M).group(1)) if os.path.exists(config) else None
+    return {"seed": seed, "status": "unfinished", "steps": progress["step"], "segments": segments,
+            "git_sha": segments[-1].get("git_sha", "?"), "git_dirty": segments[-1].get("git_dirty", False),
+            "device_name": segments[-1].get("device_name", "?"), "torch_version": torch.__version__,
+            "finished_at": f"not yet (checkpoint at step {progress['step']})", "output_dir": folder}
+
+
+def report_matched(runs_dir: str, out_dir: str) -> str | None:
+    """Paper-size copy runs against the official runs at the same step: T per seed at every 10k steps the runs
+    reached, the official runs' T (5 runs) at that step, and whether the mean lies within their range."""
+    official = pd.read_csv(OFFICIAL_COPY_CURVE)
+    runs = []
+    for experiment, label in MATCHED.items():
+        for folder in sorted(glob.glob(os.path.join(runs_dir, "matched", experiment, "seed*"))):
+            record = _run_record(folder)
+            if record is not None:
+                runs.append((experiment, label, record, pd.read_csv(os.path.join(folder, "metrics.csv"))))
+    if not runs:
+        return None
+    curves = pd.concat([m[m.split == "train"][["step", "curriculum_T"]].dropna().assign(experiment=e, seed=s["seed"])
+                        for e, _, s, m in runs], ignore_index=True)
+    curves.to_csv(os.path.join(out_dir, "copy_matched.csv"), index=False)
+    rows = []
+    for experiment, label in MATCHED.items():
+        mine = curves[curves.experiment == experiment]
+        if mine.empty:
+            continue
+        reached = int(mine.groupby("seed").step.max().min())  # every seed has a value up to here
+        for step in sorted(s for s in set(official.step) if s <= reached):
+            ours = mine[mine.step == step].sort_values("seed").curriculum_T.astype(int).tolist()
+            theirs = official[official.step == step].sort_values("run")["T"].astype(int).tolist()
+            mean = float(np.mean(ours))
+            inside = min(theirs) <= mean <= max(theirs)
+            rows.append({"row": label, "step": f"{step:,}", "T per seed (ours)": ", ".join(map(str, ours)),
+                         "mean (ours)": round(mean, 2), "official T (5 runs)": ", ".join(map(str, theirs)),
+                         "official mean": round(float(np.mean(theirs)), 2),
+                         "verdict": "within the official range" if inside else
+                         ("above the official range" if mean > max(theirs) else "below the official range")})
+    table = pd.DataFrame(rows)
+    statuses = ", ".join(sorted({f"seed {s['seed']}: {s['status']} at step {s.get('steps') or '?'}"
+                                 for _, _, s, _ in runs}))
+    lines = ["# OK paper, copy task at paper size against the official runs at the same step", "",
+             "RHN n=128, OK r=16, B=16, the official split and every other setting of the official copy script "
+             "(`conf/experiment/online_rtrl/copy_ok_official.yaml`); budget 100k of the official 2M steps. Measured: "
+             "the curriculum T at each 10k steps (the run's train row at that step); official: T logged at step "
+             "10k-1 in each of the 5 OK runs (`results/online_rtrl/official_copy_T.csv`, with the source file and "
+             f"line of each value) {OFFICIAL_SOURCE}. Verdict: whether our mean over seeds lies within the official "
+             "runs' range at the same step.", "",
+             f"Runs: {statuses}.", "",
+             table.to_markdown(index=False) if not table.empty else "(no step reached by every seed yet)", "",
+             "Provenance", *_provenance([(e, s, m) for e, _, s, m in runs]), ""]
+    lines[-2] = lines[-2].replace("`runs/online_rtrl/<scale>/<task>_<algorithm>/seed<k>/`",
+                                  "`<runs dir>/matched/<experiment>/seed<k>/`")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for run, g in official.groupby("run"):
+            ax.plot(g.step, g["T"], color="0.6", lw=1, label="official OK runs (5)" if run == 1 else None)
+        for (experiment, seed), g in curves.groupby(["experiment", "seed"]):
+            ax.plot(g.step, g.curriculum_T, marker="o", ms=3, label=f"{MATCHED[experiment]}, seed {seed}")
+        ax.set_xlabel("steps")
+        ax.set_ylabel("curriculum T")
+        ax.set_xlim(0, max(100_000, int(curves.step.max())))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "copy_matched.png"), dpi=120)
+        plt.close(fig)
+        lines.append("![T against steps](copy_matched.png)")
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[plot]'): no figure", file=sys.stderr)
+    path = os.path.join(out_dir, "copy_matched.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def _figure(curves: pd.DataFrame, column: str, ylabel: str, path: str, reference: dict, reference_label: str) -> None:
     try:
         import matplotlib
@@ -246,7 +352,9 @@ def _figure(curves: pd.DataFrame, column: str, ylabel: str, path: str, reference
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("command", choices=["run", "report", "matched"])
+    parser.add_argument("--runs-dir", default=os.path.join(REPO, "runs", "online_rtrl"),
+                        help="matched: the folder holding matched/<experiment>/seed<k>/ (default runs/online_rtrl)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     parser.add_argument("--tasks", nargs="+", choices=["copy", "ptb"], default=["copy", "ptb"])
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
@@ -258,6 +366,10 @@ def main() -> None:
     args.extra = argv[split + 1 :]  # Hydra overrides for every run (e.g. -- data.root=DIR)
     if args.command == "run":
         launch(args)
+    elif args.command == "matched":
+        os.makedirs(args.out, exist_ok=True)
+        path = report_matched(args.runs_dir, args.out)
+        print(f"wrote {path}" if path else f"no matched runs under {args.runs_dir}/matched/")
     else:
         os.makedirs(args.out, exist_ok=True)
         for path in (report_copy(args.scale, args.out), report_ptb(args.scale, args.out)):
