@@ -490,6 +490,8 @@ def test_ok_is_unbiased_over_all_sign_patterns_in_the_full_step(monkeypatch, spl
         torch.testing.assert_close(err, torch.full_like(err, formula), rtol=1e-9, atol=0)
     else:
         assert float(err.mean()) > formula * (1 + 1e-6)
+    # log_noise=measured: the reduction error in the family's orthonormal basis is the error of the influence
+    assert float(est.diagnostics["ok_variance_measured"]) == pytest.approx(float(err.mean()), rel=1e-9)
 
 
 def test_ok_orthonormalise_flag_selects_the_step(compose_cfg):
@@ -874,7 +876,7 @@ def test_cli_path_ok_run_logs_ok_diagnostics(compose_cfg, tmp_path):
     train = metrics[metrics.split == "train"]
     assert len(train) == 1
     row = train.iloc[0]
-    for column in ("ok_mixed_share", "ok_mixed_minus_one", "ok_variance_formula"):
+    for column in ("ok_mixed_share", "ok_mixed_minus_one", "ok_variance_formula", "ok_variance_measured"):
         assert column in metrics.columns and math.isfinite(row[column]), column
     assert 0 < row["ok_mixed_share"] <= 1 and row["ok_mixed_minus_one"] >= 1 and row["ok_variance_formula"] >= 0
     assert math.isfinite(row["loss"])

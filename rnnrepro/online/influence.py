@@ -157,6 +157,21 @@ def _stacked_gram(old: Tensor, new: Tensor) -> Tensor:
     return torch.cat([top, bottom], 1)
 
 
+def _opt_diagnostics(sigma: Tensor, coeff_u: Tensor, coeff_a: Tensor, stats: dict, log_noise: str) -> dict:
+    """OK's per-batch diagnostics as 0-dim device tensors. ``formula``: the symmetric split's variance
+    S^2/(m-1) - sum_M d^2; ``measured``: the reduction error of this step in the family's orthonormal basis,
+    |C_u C_A^T - diag(sigma)|_F^2 (= |G_new - G|_F^2), for the split in use (the formula under-reports the official
+    split's)."""
+    out = {"ok_mixed_minus_one": (stats["mixed"] - 1).to(sigma.dtype).mean(),
+           "ok_mixed_share": stats["mixed_share"].mean()}
+    if log_noise in ("formula", "both"):
+        out["ok_variance_formula"] = stats["variance"].mean()
+    if log_noise in ("measured", "both"):
+        error = coeff_u @ coeff_a.transpose(1, 2) - torch.diag_embed(sigma)
+        out["ok_variance_measured"] = (error * error).sum((1, 2)).mean()
+    return out
+
+
 class OK(KroneckerEstimator):
     """Optimal Kronecker-sum approximation with r terms (spec O1-O8), stored as U (B, a, r) and A (B, n, K, r).
 
@@ -172,9 +187,10 @@ class OK(KroneckerEstimator):
     directions Opt sees as small); in float32 at training-like states its bias equals the QR step's (1e-7 relative,
     tests/test_online.py). ``OKQR`` (``algorithm.ok.orthonormalise=qr``) is the QR reference."""
 
-    def __init__(self, cell: RecurrentCell, rank: int = 16, split: str = "symmetric", rebalance: bool = True) -> None:
+    def __init__(self, cell: RecurrentCell, rank: int = 16, split: str = "symmetric", rebalance: bool = True,
+                 log_noise: str = "both") -> None:
         super().__init__(cell)
-        self.rank, self.split, self.rebalance = rank, split, rebalance
+        self.rank, self.split, self.rebalance, self.log_noise = rank, split, rebalance, log_noise
         self.exact = min(self.a, self.n * self.K) <= rank
         self.diagnostics = {}
 
@@ -211,10 +227,8 @@ class OK(KroneckerEstimator):
         else:
             signs = rademacher(sigma.shape, sigma)
             coeff_u, coeff_a, stats = opt_coefficients(sigma, signs, self.split)
-            # 0-dim tensors, summed on the device and read once per batch by the training algorithm
-            self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).to(sigma.dtype).mean(),
-                                "ok_variance_formula": stats["variance"].mean(),
-                                "ok_mixed_share": stats["mixed_share"].mean()}
+            # 0-dim tensors, summed on the device and read by the trainer once per log row
+            self.diagnostics = _opt_diagnostics(sigma, coeff_u, coeff_a, stats, self.log_noise)
         mix_u, mix_a = W_u @ (left @ coeff_u), W_a @ (right @ coeff_a)  # (B, r+1, r) over (u, h_hat) and (HA, D)
         if self.rebalance:  # |u_s| = |A_s|: the squared norms are the Gram's quadratic forms
             norm2_a = (mix_a * (gram_a.double() @ mix_a)).sum(1)
@@ -270,9 +284,7 @@ class OKQR(OK):
         else:
             coeff_u, coeff_a, stats = opt_coefficients(sigma, rademacher(sigma.shape, sigma), self.split)
             mix_u, mix_a = left @ coeff_u, right @ coeff_a
-            self.diagnostics = {"ok_mixed_minus_one": (stats["mixed"] - 1).to(sigma.dtype).mean(),
-                                "ok_variance_formula": stats["variance"].mean(),
-                                "ok_mixed_share": stats["mixed_share"].mean()}
+            self.diagnostics = _opt_diagnostics(sigma, coeff_u, coeff_a, stats, self.log_noise)
         u_new = (basis_u @ mix_u).transpose(1, 2)
         a_new = (basis_a @ mix_a).transpose(1, 2)
         if self.rebalance:
@@ -363,5 +375,6 @@ def build_estimator(cfg: Any, cell: RecurrentCell) -> Any:
         method = str(getattr(cfg.ok.orthonormalise, "value", cfg.ok.orthonormalise))
         return (OKQR if method == "qr" else OK)(cell, rank=int(cfg.ok.rank),
                                                 split=str(getattr(cfg.ok.split, "value", cfg.ok.split)),
-                                                rebalance=bool(cfg.ok.rebalance))
+                                                rebalance=bool(cfg.ok.rebalance),
+                                                log_noise=str(getattr(cfg.ok.log_noise, "value", cfg.ok.log_noise)))
     raise ValueError(f"no influence estimator for algorithm {name!r}")

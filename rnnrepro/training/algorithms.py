@@ -46,6 +46,12 @@ class OKOrthonormalise(str, Enum):
     qr = "qr"  # Householder QR of the stacked families (OKQR, the earlier step): about 2x slower at n = 128
 
 
+class OKLogNoise(str, Enum):
+    formula = "formula"  # the symmetric split's step variance (what the OK code logs as its noise)
+    measured = "measured"  # this step's reduction error for the split in use
+    both = "both"
+
+
 class RTRLJacobians(str, Enum):
     auto = "auto"  # the Kronecker form (h_hat, D, H) when the cell has one, else autograd
     kronecker = "kronecker"
@@ -67,6 +73,7 @@ class OKConfig:
     rebalance: bool = True  # u_k <- g u_k, A_k <- A_k / g with g = sqrt(|A_k| / |u_k|) (the OK code, for stability)
     # How the r+1 terms are orthonormalised; both are unbiased to float32 rounding (tests/test_online.py)
     orthonormalise: OKOrthonormalise = OKOrthonormalise.gram
+    log_noise: OKLogNoise = OKLogNoise.both  # train-row diagnostics ok_variance_formula / ok_variance_measured
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "algorithm.ok.rank", f"must be >= 1, got {self.rank}")
