@@ -892,6 +892,27 @@ def test_online_budget_ending_inside_a_string_memo_chunk_completes(compose_cfg, 
     assert summary["status"] == "completed" and summary["steps"] == 6 and summary["time_steps"] == 8
 
 
+def test_grad_noise_probe_is_zero_for_exact_rtrl_and_positive_for_uoro(compose_cfg, tmp_path):
+    """algorithm.grad_noise_every=5 through run(): the logged grad_noise_rel (|q G~ - q G| / |q G| against an exact
+    influence on the same trajectory) is float32 rounding for exact RTRL and for OK with r >= a (both exact), and
+    clearly non-zero for UORO; an estimator without a Kronecker form is refused."""
+    values = {}
+    for name, extra in (("rtrl", ["algorithm.rtrl_jacobians=kronecker"]), ("ok", ["algorithm.ok.rank=16"]),
+                        ("uoro", [])):
+        cfg = compose_cfg("model=rhn", "model.hidden_size=6", f"algorithm={name}", *extra, "dataset=string_memo",
+                          "data.batch_size=4", "data.n_val=4", "data.n_test=4", "trainer.max_steps=40",
+                          "trainer.eval_every_n_steps=40", "algorithm.grad_noise_every=5",
+                          output_dir=tmp_path / name)
+        assert run(cfg)["status"] == "completed"
+        train = pd.read_csv(tmp_path / name / "metrics.csv").query("split == 'train'")
+        values[name] = float(train["grad_noise_rel"].iloc[-1])
+    assert values["rtrl"] < 1e-5 and values["ok"] < 1e-4, values
+    assert values["uoro"] > 1e-2, values
+    with pytest.raises(ConfigError, match="grad_noise_every"):
+        run(compose_cfg("model=lstm", "algorithm=rtrl", "dataset=copy_memory", "algorithm.grad_noise_every=5",
+                        output_dir=tmp_path / "lstm"))
+
+
 # ------------------------------------------------------------------------------------------------------ TBPTT
 def test_tbptt_with_a_window_covering_the_batch_equals_bptt():
     """k >= T: one window, one update, the same gradient as BPTT's single update."""

@@ -45,6 +45,13 @@ class KroneckerEstimator:
     def zero_rows(self, influence: Influence, rows: Tensor) -> Influence:
         return _zero_rows(influence, rows)
 
+    def gradient(self, influence: Influence, q: Tensor) -> Tensor:
+        """sum_b q_b G_b as the (a, K) gradient of W."""
+        raise NotImplementedError
+
+    def accumulate(self, influence: Influence, q: Tensor) -> None:
+        self.cell.kron_add_grad(self.gradient(influence, q))
+
     def step(self, influence: Influence, x: Tensor, state: State) -> tuple[State, Influence, dict]:
         ks = self.cell.kron_step(x, state[0])
         return (ks.h,), self.propagate(influence, ks.h_hat, ks.D, ks.H), self.diagnostics
@@ -65,8 +72,8 @@ class ExactKronecker(KroneckerEstimator):
         G = torch.matmul(H, influence[0].flatten(2)).view_as(influence[0])
         return (G.add_(h_hat[:, None, :, None] * D[:, :, None, :]),)
 
-    def accumulate(self, influence: Influence, q: Tensor) -> None:
-        self.cell.kron_add_grad(torch.einsum("bi,biak->ak", q, influence[0]))
+    def gradient(self, influence: Influence, q: Tensor) -> Tensor:
+        return torch.einsum("bi,biak->ak", q, influence[0])
 
 
 class UORO(KroneckerEstimator):
@@ -95,9 +102,9 @@ class UORO(KroneckerEstimator):
         theta_new = theta / rho0[:, None, None] + nu_f / rho1[:, None, None]
         return s_new, theta_new
 
-    def accumulate(self, influence: Influence, q: Tensor) -> None:
+    def gradient(self, influence: Influence, q: Tensor) -> Tensor:
         s, theta = influence
-        self.cell.kron_add_grad(torch.einsum("b,bak->ak", (q * s).sum(1), theta))
+        return torch.einsum("b,bak->ak", (q * s).sum(1), theta)
 
 
 def _ratio_sqrt(numerator: Tensor, denominator: Tensor) -> Tensor:
@@ -125,9 +132,9 @@ class KFRTRL(KroneckerEstimator):
         A_new = (c1 / p1)[:, None, None] * HA + (c2 / p2)[:, None, None] * D
         return u_new, A_new
 
-    def accumulate(self, influence: Influence, q: Tensor) -> None:
+    def gradient(self, influence: Influence, q: Tensor) -> Tensor:
         u, A = influence
-        self.cell.kron_add_grad(torch.einsum("ba,bk->ak", u, torch.bmm(q.unsqueeze(1), A).squeeze(1)))
+        return torch.einsum("ba,bk->ak", u, torch.bmm(q.unsqueeze(1), A).squeeze(1))
 
 
 def _whitening(gram: Tensor, rtol: float) -> tuple[Tensor, Tensor]:
@@ -241,11 +248,11 @@ class OK(KroneckerEstimator):
         A_new = torch.bmm(HA, mix_a[:, :r]).addcmul_(D[:, :, None], mix_a[:, r:])
         return U_new, A_new.view(batch, n, K, r)
 
-    def accumulate(self, influence: Influence, q: Tensor) -> None:
+    def gradient(self, influence: Influence, q: Tensor) -> Tensor:
         U, A = influence
         batch, n, K, r = A.shape
         qa = torch.bmm(q.unsqueeze(1), A.view(batch, n, K * r)).view(batch, K, r)  # q^T A_i for all i
-        self.cell.kron_add_grad(torch.einsum("bar,bkr->ak", U, qa))
+        return torch.einsum("bar,bkr->ak", U, qa)
 
 
 class OKQR(OK):
@@ -293,10 +300,10 @@ class OKQR(OK):
             a_new = a_new / gamma[:, :, None]
         return u_new, a_new.view(batch, r, self.n, self.K)
 
-    def accumulate(self, influence: Influence, q: Tensor) -> None:
+    def gradient(self, influence: Influence, q: Tensor) -> Tensor:
         U, A = influence
         qa = torch.einsum("bi,brik->brk", q, A)
-        self.cell.kron_add_grad(torch.einsum("bra,brk->ak", U, qa))
+        return torch.einsum("bra,brk->ak", U, qa)
 
 
 # ------------------------------------------------------------------------------------------- any cell: autograd

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from rnnrepro.models import SequenceModel
-from rnnrepro.online.influence import build_estimator
+from rnnrepro.online.influence import ExactKronecker, KroneckerEstimator, build_estimator
 from rnnrepro.schema import ConfigError, positive, register_schema, require
 
 
@@ -101,9 +101,14 @@ class AlgorithmConfig:
     ok: OKConfig = field(default_factory=OKConfig)
     uoro: UOROConfig = field(default_factory=UOROConfig)
     rtrl_jacobians: RTRLJacobians = RTRLJacobians.auto
+    # Every N time steps (0 = off), log grad_noise_rel = |g~ - g| / |g| of this step's gradient q_t G~_t against exact
+    # RTRL's q_t G_t on the same trajectory (an exact influence carried beside the estimator: O(n^4), small n only)
+    grad_noise_every: int = 0
 
     def __post_init__(self) -> None:
         require(self.update_every >= 1, "algorithm.update_every", f"must be >= 1, got {self.update_every}")
+        require(self.grad_noise_every >= 0, "algorithm.grad_noise_every",
+                f"must be >= 0 (0 = off), got {self.grad_noise_every}")
         require(self.clip_cell is None or self.clip_cell > 0, "algorithm.clip_cell",
                  f"must be > 0 or null, got {self.clip_cell}")
 
@@ -228,6 +233,14 @@ class Online(GradientAlgorithm):
             self.estimator = build_estimator(cfg, model.cell)
         except TypeError as err:
             raise ConfigError(f"algorithm={_name(cfg)}: {err}") from None
+        self.noise_every = int(getattr(cfg, "grad_noise_every", 0) or 0)
+        self.reference = None  # exact RTRL beside the estimator, for algorithm.grad_noise_every
+        if self.noise_every:
+            if not isinstance(self.estimator, KroneckerEstimator):
+                raise ConfigError("algorithm.grad_noise_every needs a cell with a Kronecker form (model=rhn or "
+                                  "model=rnn) and algorithm=uoro|kf_rtrl|ok|rtrl")
+            self.reference = ExactKronecker(model.cell)
+        self.noise_clock = 0  # time steps seen, for the grad-noise probe
         self.update_every = int(cfg.update_every)
         self.pending = 0  # steps accumulated since the last update, across batches
 
@@ -251,9 +264,11 @@ class Online(GradientAlgorithm):
         with torch.no_grad():
             x = model.encoder(batch["x"]).transpose(0, 1)  # (T, B, m)
         length, rows = x.shape[:2]
+        reference = self.reference
         if self.state is None or not self.carry_state or self.state[0][0].shape[0] != rows:
-            self.state = (cell.init_state(rows, x), estimator.init(rows, x))
-        state, influence = self.state
+            self.state = (cell.init_state(rows, x), estimator.init(rows, x),
+                          reference.init(rows, x) if reference is not None else None)
+        state, influence, exact = (*self.state, None)[:3]  # checkpoints before the grad-noise probe hold two
         reset = batch.get("reset")
         # which steps reset rows or score a loss: read from the device once per batch, not once per step
         resets = reset.any(0).tolist() if reset is not None else None
@@ -261,6 +276,7 @@ class Online(GradientAlgorithm):
         scored = mask.reshape(mask.shape[0], mask.shape[1], -1).any(2).any(0).tolist() if mask is not None else None
         head_params = [p for p in model.head.parameters() if p.requires_grad]
         losses: list[Tensor] = []
+        noise: list[Tensor] = []
         sums: dict[str, Tensor] = {}
         steps = 0
         for t in range(length):
@@ -269,8 +285,16 @@ class Online(GradientAlgorithm):
                 rows_reset = reset[:, t]
                 state = tuple(s.masked_fill(rows_reset[:, None], 0) for s in state)
                 influence = estimator.zero_rows(influence, rows_reset)
+                if exact is not None:
+                    exact = reference.zero_rows(exact, rows_reset)
             with torch.no_grad():
-                state, influence, diag = estimator.step(influence, x[t], state)
+                if exact is None:
+                    state, influence, diag = estimator.step(influence, x[t], state)
+                else:  # one Kronecker step shared by the estimator and the exact reference
+                    ks = cell.kron_step(x[t], state[0])
+                    influence = estimator.propagate(influence, ks.h_hat, ks.D, ks.H)
+                    exact = reference.propagate(exact, ks.h_hat, ks.D, ks.H)
+                    state, diag = (ks.h,), dict(estimator.diagnostics)
             for key, value in diag.items():
                 sums[key] = sums[key] + value if key in sums else value
             leaf = torch.cat(state, -1).requires_grad_()
@@ -280,15 +304,22 @@ class Online(GradientAlgorithm):
                 torch.autograd.backward(loss / self.update_every, inputs=[leaf, *head_params])
                 with torch.no_grad():
                     estimator.accumulate(influence, leaf.grad)
+                    if exact is not None and self.noise_clock % self.noise_every == 0:
+                        g = reference.gradient(exact, leaf.grad)
+                        error = (estimator.gradient(influence, leaf.grad) - g).norm() / g.norm().clamp(min=1e-30)
+                        noise.append(error)
                 losses.append(loss.detach())
+            self.noise_clock += 1
             self.pending += 1
             if self.pending == self.update_every:
                 self.pending = 0
                 self.apply_update(update)
                 if self.should_stop():
                     break
-        self.state = (state, influence)
+        self.state = (state, influence, exact)
         self.diagnostics = {k: v / steps for k, v in sums.items()}  # device tensors; the trainer reads them per row
+        if noise:
+            self.diagnostics["grad_noise_rel"] = torch.stack(noise).mean()
         self.step_losses = torch.stack(losses) if losses else None
         # one host synchronisation per batch; a non-finite step loss ends the run as diverged
         return check_finite(self.step_losses.mean()) if losses else float("nan")

@@ -46,6 +46,7 @@ class Progress:
     train_loss_sum: float = 0.0
     train_loss_count: int = 0
     diagnostic_sums: dict = field(default_factory=dict)  # algorithm diagnostics (e.g. OK's), averaged per train row
+    diagnostic_counts: dict = field(default_factory=dict)  # batches that reported each (a probe may skip batches)
     history: list = field(default_factory=list)
     # one entry per process that trained this run (the first, then each resume): the code and device it ran with
     segments: list = field(default_factory=list)
@@ -145,7 +146,8 @@ class Trainer:
 
     def _validate_and_checkpoint(self) -> None:
         if self.p.train_loss_count:
-            diagnostics = {k: float(v) / self.p.train_loss_count for k, v in self.p.diagnostic_sums.items()}
+            diagnostics = {k: float(v) / self.p.diagnostic_counts.get(k, self.p.train_loss_count)
+                           for k, v in self.p.diagnostic_sums.items()}
             self._log_row("train", {"loss": self.p.train_loss_sum / self.p.train_loss_count, **diagnostics,
                                     **self.data.train_extras()})
         with self.eval_weights():
@@ -176,7 +178,7 @@ class Trainer:
                  self.p.train_loss_sum / max(self.p.train_loss_count, 1), self.task.metric, value,
                  " (best)" if improved else "")
         self.p.train_loss_sum, self.p.train_loss_count = 0.0, 0
-        self.p.diagnostic_sums = {}
+        self.p.diagnostic_sums, self.p.diagnostic_counts = {}, {}
         self.p.last_eval_step = self.p.step
         if self.tcfg.checkpoint:
             self.save_last()
@@ -275,6 +277,7 @@ class Trainer:
                     self.p.train_loss_sum += loss
                     for key, value in self.algorithm.diagnostics.items():
                         self.p.diagnostic_sums[key] = self.p.diagnostic_sums.get(key, 0.0) + value  # on the device
+                        self.p.diagnostic_counts[key] = self.p.diagnostic_counts.get(key, 0) + 1
                     self.p.train_loss_count += 1
                     self.p.batch_in_epoch += 1
                     bar.update(1)
