@@ -504,6 +504,21 @@ def test_ok_orthonormalise_flag_selects_the_step(compose_cfg):
         assert type(build_estimator(cfg.algorithm, RHN(4, 4))) is cls
 
 
+def test_every_estimator_gradient_equals_q_times_its_full_influence():
+    """gradient(influence, q) (what accumulate adds to W's .grad) equals sum_b q_b G_b computed from the full
+    influence tensor the factors stand for, for random factors: exact RTRL, UORO, KF-RTRL, OK and OKQR."""
+    cell = make_cell("rhn", seed=60)
+    g = torch.Generator().manual_seed(61)
+    q = torch.randn(B, N, generator=g, dtype=DT)
+    for est in (ExactKronecker(cell), UORO(cell), KFRTRL(cell), OK(cell, rank=3), OKQR(cell, rank=3)):
+        influence = tuple(torch.randn(t.shape, generator=g, dtype=DT) for t in est.init(B, q))
+        want = torch.einsum("bi,bijk->jk", q, full_influence(est, influence))
+        torch.testing.assert_close(est.gradient(influence, q), want, rtol=1e-12, atol=1e-12, msg=type(est).__name__)
+        cell.zero_grad(set_to_none=True)
+        est.accumulate(influence, q)
+        torch.testing.assert_close(cell.weight.grad, want, rtol=1e-12, atol=1e-12, msg=type(est).__name__)
+
+
 @pytest.mark.parametrize("estimator", [OK, OKQR])
 def test_ok_float32_step_is_unbiased_at_a_near_dependent_state(monkeypatch, estimator):
     """At a training-like float32 state (RHN n = 40, W ~ N(0, 0.01^2), 150 OK steps, official split, r = 5) the
