@@ -109,7 +109,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "experiment": cfg.meta.experiment, "paper": cfg.meta.paper, "table": cfg.meta.table, "row": cfg.meta.row,
         "tier": cfg.meta.tier, "model": cfg.model.name, "dataset": cfg.data.name, "seed": seed, "params": params,
-        "params_free": params_free, "metric": task.metric, "mode": task.mode, "device": device.type,
+        "params_free": params_free, "metric": task.metric, "mode": task.mode,
+        # what "best" means for best_val, best_step and test_at_best_val: validation results compared in this order
+        "selection": [list(rule) for rule in (data.spec.selection or ((task.metric, task.mode),))],
+        "device": device.type,
         "device_name": device_name(device), "torch_version": torch.__version__, "git_sha": sha, "git_dirty": dirty,
         "host": socket.gethostname(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "data": data.describe(), "limit_eval_batches": cfg.trainer.limit_eval_batches,

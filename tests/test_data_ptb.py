@@ -161,6 +161,20 @@ def test_windows_reset_every_marks_column_positions():
     assert "reset" not in next(windows(source, bptt=6))
 
 
+def test_windows_reset_absolute_alignment_is_staggered_per_column():
+    """reset_align=absolute (the OK code's rule): a reset where the input's index in the original stream is a
+    multiple of N; column b holds stream[b * rows + row], so the resets are the stream's multiples of N."""
+    stream = torch.arange(60)
+    source = batchify(stream, 3)  # column b = stream[20 b : 20 b + 20]
+    reset = torch.cat([b["reset"] for b in windows(source, bptt=6, reset_every=8, reset_align="absolute")], 1)
+    x = torch.cat([b["x"] for b in windows(source, bptt=6)], 1)
+    assert torch.equal(reset, x % 8 == 0)  # x holds the stream index itself here
+    assert [r.nonzero().flatten().tolist() for r in reset] == [[0, 8, 16], [4, 12], [0, 8, 16]]
+    resumed = torch.cat([b["reset"] for b in windows(source, bptt=6, start=1, reset_every=8,
+                                                     reset_align="absolute")], 1)
+    assert torch.equal(resumed, reset[:, 6:])
+
+
 def test_train_reset_every_in_training_only(compose_cfg, tmp_path):
     root = write_tiny_ptb(tmp_path)
     data = _char_data(compose_cfg, root, "data.batch_size=2", "data.eval_batch_size=2", "data.bptt=7",
@@ -175,7 +189,13 @@ def test_train_reset_every_in_training_only(compose_cfg, tmp_path):
     assert torch.equal(resumed, reset[:, 21:])
     for split in ("val", "test"):
         assert all("reset" not in b for b in data.eval_batches(split))  # evaluation never resets
-    assert data.describe()["train_reset_every"] == 5
+    assert data.describe()["train_reset_every"] == 5 and data.describe()["train_reset_align"] == "column"
+    staggered = _char_data(compose_cfg, root, "data.batch_size=2", "data.eval_batch_size=2", "data.bptt=7",
+                           "data.train_reset_every=5", "data.train_reset_align=absolute")
+    reset = torch.cat([b["reset"] for b in staggered.train_batches(epoch=0)], 1)
+    rows = staggered.sources["train"].shape[0]
+    assert torch.equal(reset, (positions + rows * torch.arange(2)[:, None]) % 5 == 0)
+    assert staggered.describe()["train_reset_align"] == "absolute"
     plain = _char_data(compose_cfg, root, "data.batch_size=2")
     assert all("reset" not in b for b in plain.train_batches(epoch=0))  # default: null, no resets
 

@@ -283,6 +283,25 @@ def test_short_run_through_the_cli_path(compose_cfg, tmp_path):
         assert (out / name).exists(), name
 
 
+def test_best_validation_is_the_largest_curriculum_T_then_the_lowest_bpc(compose_cfg, tmp_path):
+    """The copy task's bpc is measured at a T that grows, so best.pt and test_at_best_val select the evaluation at
+    the largest T, ties broken by the lower bpc; each val row records the T it was measured at. Here T grows at
+    every sequence start (threshold 5 bits), so the bpc-only rule would have picked the first, shortest evaluation."""
+    import pandas as pd
+
+    out = tmp_path / "sel"
+    summary = run(compose_cfg("dataset=string_memo", "model=lstm", "data.steps_per_epoch=8",
+                              "data.curriculum.threshold_bits=5", "trainer.max_steps=8", "trainer.eval_every_n_steps=2",
+                              output_dir=out))
+    assert summary["selection"] == [["curriculum_T", "max"], ["bpc", "min"]]
+    val = pd.read_csv(out / "metrics.csv").query("split == 'val'")
+    assert len(val) >= 4 and val.curriculum_T.is_monotonic_increasing and val.curriculum_T.nunique() > 1
+    top = val[val.curriculum_T == val.curriculum_T.max()]
+    chosen = top.loc[top.bpc.idxmin()]
+    assert summary["best_step"] == int(chosen.step) and summary["best_val"] == pytest.approx(float(chosen.bpc))
+    assert int(chosen.step) != int(val.loc[val.bpc.idxmin()].step)  # not what bpc alone selects
+
+
 def test_a_batch_without_targets_has_zero_loss_not_nan():
     """loss_positions=recall: before any stream reaches its output phase the mask is all False."""
     from rnnrepro.tasks import TaskType, build_task

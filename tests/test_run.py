@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from helpers import crash_after
 from rnnrepro.api import run
-from rnnrepro.config import ConfigError
+from rnnrepro.config import ConfigError, validate
 from rnnrepro.results.aggregate import code_versions
 from rnnrepro.results.summary import STATUSES, SUMMARY_FIELDS
 
@@ -45,6 +46,33 @@ def test_run_writes_config_metrics_and_summary(compose_cfg, tmp_path):
     best = val.acc.max()
     assert on_disk["best_val"] == pytest.approx(best)
     assert on_disk["best_step"] == int(val[val.acc == best].step.iloc[0])
+
+
+def test_max_time_s_is_a_budget_summed_over_resumes(compose_cfg, tmp_path, monkeypatch):
+    """trainer.max_time_s stops training when the wall clock (evaluations included) reaches it, like max_steps,
+    and a resume continues the same clock. The trainer's clock is faked to advance 1 s per reading, so the stop
+    is deterministic."""
+    import types
+
+    import rnnrepro.training.trainer as trainer_module
+
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=tick, time=time.time))
+    out = tmp_path / "timed"
+    first = run(compose_cfg("trainer.max_steps=1000", "trainer.max_time_s=12", "trainer.eval_every_n_steps=3",
+                            output_dir=out))
+    assert first["status"] == "completed" and 0 < first["steps"] < 1000
+    assert 12 <= first["wall_time_s"] < 40  # the final test evaluations read the clock too
+    again = run(compose_cfg("trainer.max_steps=1000", "trainer.max_time_s=24", "trainer.eval_every_n_steps=3",
+                            "resume=auto", output_dir=out))
+    assert first["steps"] < again["steps"] < 1000 and 24 <= again["wall_time_s"] < 60
+    with pytest.raises(ConfigError, match="^trainer.max_time_s"):
+        validate(compose_cfg("trainer.max_time_s=0"))
 
 
 def test_lstm_free_parameters_discount_second_bias(compose_cfg, tmp_path):

@@ -98,6 +98,10 @@ class DataSpec:
     labels: list | None = None  # tag names (IOB), for span-level F1
     # classify_last: ce | softmax_mse (the SBO-RNN code's HAR-2 loss); multilabel_each: frame_mean | piece_sum
     loss: str = "ce"
+    # Which validation result is "best": ((name, "max"|"min"), ...) compared in order, over the task's metrics and
+    # eval_extras(). Empty: the task's metric alone. The copy task's bpc is measured at a T that grows, so it selects
+    # on the curriculum T first.
+    selection: tuple = ()
 
 
 def resolve_root(root: str | None) -> str:
@@ -152,6 +156,10 @@ class SequenceDataModule:
 
     def train_extras(self) -> dict[str, float]:
         """Extra values logged with each train row (e.g. ``curriculum_T``). Default: none."""
+        return {}
+
+    def eval_extras(self, split: str) -> dict[str, float]:
+        """Extra values logged with each evaluation of ``split`` (e.g. the ``curriculum_T`` it was measured at)."""
         return {}
 
 

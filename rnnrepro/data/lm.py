@@ -23,9 +23,10 @@ Options shared by the LM datasets (ptb_word, ptb_char, wikitext2):
   into W; ``data.embedding_size`` is then unused).
 - ``data.train_reset_every: N`` (default null): training batches carry ``reset`` (B, L), True where the position of the
   input in its batchified column (row index, 0-based) is a multiple of N, so the state (and an online algorithm's
-  influence matrix) is zeroed every N characters: the OK CHAR-PTB protocol uses N = 100. The official OK code resets
-  where the *absolute file index* of each of its B streams (started at offsets linspace(0, len-1, B)) is a multiple of
-  100; the column rule here gives the same "at most N steps of history" truncation with aligned reset points.
+  influence matrix) is zeroed every N characters: the OK CHAR-PTB protocol uses N = 100.
+- ``data.train_reset_align``: ``column`` (default: every stream resets at the same row) or ``absolute``: where the
+  input's index in the training file is a multiple of N, as the official OK code does for its B streams (offsets
+  linspace(0, len-1, B) there, b * rows here), so the reset points are staggered across streams.
   Evaluation never resets (the state is carried through the whole evaluation stream, as the OK evaluation does).
 
 CHAR-PTB encodings (``data.encoding``, ptb_char only), see :class:`PTBChar`.
@@ -82,6 +83,11 @@ class VariableBPTTConfig:
         require(self.min_len >= 1, "data.variable_bptt.min_len", f"must be >= 1, got {self.min_len}")
 
 
+class ResetAlign(str, Enum):
+    column = "column"
+    absolute = "absolute"
+
+
 @register_schema("data", "ptb_word")
 @dataclass
 class PTBWordDataConfig(DataConfig):
@@ -93,7 +99,10 @@ class PTBWordDataConfig(DataConfig):
     drop_last_window: bool = False  # train/val skip the final window shorter than bptt (TF ptb_producer)
     verify_checksums: bool = True
     input_encoding: InputEncoding = InputEncoding.embedding  # one_hot: parameter-free, cell input = vocabulary
-    train_reset_every: int | None = None  # N: training batches carry reset at column positions % N == 0 (OK PTB: 100)
+    train_reset_every: int | None = None  # N: training batches carry reset every N characters (OK PTB: 100)
+    # where the resets fall: column (row index % N == 0, every stream at once) | absolute (the input's index in the
+    # training file % N == 0, staggered per stream: the OK code's rule)
+    train_reset_align: ResetAlign = ResetAlign.column
     variable_bptt: VariableBPTTConfig = field(default_factory=VariableBPTTConfig)
 
     def __post_init__(self) -> None:
@@ -201,17 +210,22 @@ def num_windows(rows: int, bptt: int, drop_last: bool = False) -> int:
 
 
 def windows(source: Tensor, bptt: int, start: int = 0, reset_every: int | None = None,
-            drop_last: bool = False) -> Iterator[dict]:
+            drop_last: bool = False, reset_align: str = "column") -> Iterator[dict]:
     """Consecutive windows of a batchified split as batches {"x": (B, L), "y": (B, L)}, batch-first. With
-    ``reset_every=N`` each batch also carries ``reset`` (B, L): True where the input's row index in the batchified
-    source (its position in its column) is a multiple of N. ``drop_last`` skips a final window shorter than bptt."""
-    for w in range(start, num_windows(source.shape[0], bptt, drop_last)):
+    ``reset_every=N`` each batch also carries ``reset`` (B, L): True where the input's position is a multiple of N,
+    the position being its row index (``reset_align="column"``) or its index in the stream before batchify
+    (``"absolute"``: column b starts at b * rows, so the resets are staggered per column). ``drop_last`` skips a
+    final window shorter than bptt."""
+    rows_total, columns = source.shape
+    for w in range(start, num_windows(rows_total, bptt, drop_last)):
         i = w * bptt
-        length = min(bptt, source.shape[0] - 1 - i)
+        length = min(bptt, rows_total - 1 - i)
         batch = {"x": source[i : i + length].t(), "y": source[i + 1 : i + 1 + length].t()}
         if reset_every is not None:
-            rows = torch.arange(i, i + length) % int(reset_every) == 0
-            batch["reset"] = rows.expand(source.shape[1], length).clone()
+            position = torch.arange(i, i + length).expand(columns, length)
+            if reset_align == "absolute":
+                position = position + rows_total * torch.arange(columns)[:, None]
+            batch["reset"] = (position % int(reset_every) == 0).contiguous()
         yield batch
 
 
@@ -328,7 +342,7 @@ class PTBWord(SequenceDataModule):
         if self._variable() is not None:
             return variable_windows(self.sources["train"], self.epoch_lengths(epoch), self.bptt, start_batch)
         return windows(self.sources["train"], self.bptt, start_batch, self._option("train_reset_every", None),
-                       self._drop_last("train"))
+                       self._drop_last("train"), str(self._option("train_reset_align", "column")))
 
     def eval_batches(self, split: str) -> Iterator[dict]:
         return windows(self.sources[split], self.bptt, drop_last=self._drop_last(split))
@@ -341,6 +355,7 @@ class PTBWord(SequenceDataModule):
                 "sizes": {k: int(v.numel()) for k, v in self.sources.items()},
                 "input_encoding": self.spec.input_encoding,
                 "train_reset_every": self._option("train_reset_every", None),
+                "train_reset_align": str(self._option("train_reset_align", "column")),
                 "variable_bptt": self._variable() is not None}
 
 

@@ -40,6 +40,8 @@ T check lags by fewer than L steps (and T grows at most once per chunk while ema
 Evaluation: ``eval_batches(split)`` yields ``n_val`` (``n_test``) fixed sequences of exactly the current curriculum T
 (2T + 2 steps each, each batch starting from a fresh state; no ``reset`` key), seeded by (``data.split_seed``, split),
 in batches of ``eval_batch_size``. Metric: bits per character over every position (or over the recall mask).
+Selection (``best.pt``, ``test_at_best_val``): the bpc of different evaluations is measured at different T and is not
+comparable, so the best validation is the one at the largest curriculum T, and among those the lowest bpc.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class StringMemo(SequenceDataModule):
         self.ema_decay, self.threshold = float(cur.ema_decay), float(cur.threshold_bits)
         self.ema_reset, self.curriculum_metric = float(cur.ema_reset), str(_value(cur.metric))
         self.spec = DataSpec(input_size=VOCAB, output_size=VOCAB, task=TaskType.classify_each,
-                             seq_len=self.chunk_len, metric="bpc")
+                             seq_len=self.chunk_len, metric="bpc",
+                             selection=(("curriculum_T", "max"), ("bpc", "min")))
         self._init_streams()
 
     # --------------------------------------------------------------------------------------------- stream state
@@ -245,6 +248,9 @@ class StringMemo(SequenceDataModule):
             if self.loss_positions == "recall":
                 batch["mask"] = recall[i : i + size]
             yield batch
+
+    def eval_extras(self, split: str) -> dict[str, float]:
+        return {"curriculum_T": float(self.T)}  # the evaluation sequences have exactly this length
 
     # ---------------------------------------------------------------------------------------------- curriculum
     def observe(self, step_losses: Tensor) -> None:

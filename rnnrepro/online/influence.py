@@ -79,13 +79,26 @@ class ExactKronecker(KroneckerEstimator):
 class UORO(KroneckerEstimator):
     """Rank one, G ~ s theta^T with s (B, n), theta (B, a, K) (spec U1-U6). nu^T F_t = h_hat_t (x) (nu^T D_t).
 
-    rho0 = sqrt((|theta| + eps) / (|H s| + eps)), rho1 = sqrt((|nu^T F| + eps) / (|nu| + eps)): eps sits inside
-    both ratios so zero-initialised factors are well defined. Unbiased for any rho0 > 0 fixed given the past and any
-    rho1 even in nu, which these are."""
+    ``eps_placement``: ``outside`` (spec U2-U3, UORO's Algorithm 1 and the JAX code) rho0 = sqrt(|theta| / |H s|) +
+    eps, rho1 = sqrt(|nu^T F| / |nu|) + eps, with a zero numerator or denominator read as ratio 0 (the zero
+    initial factors: the term it balances is then zero, and rho = eps keeps it finite); ``inside`` rho0 =
+    sqrt((|theta| + eps) / (|H s| + eps)), likewise rho1. Unbiased for any rho0 > 0 fixed given the past and any
+    rho1 even in nu, which all of these are."""
 
-    def __init__(self, cell: RecurrentCell, eps: float = 1e-7) -> None:
+    def __init__(self, cell: RecurrentCell, eps: float = 1e-7, eps_placement: str = "outside") -> None:
         super().__init__(cell)
-        self.eps = eps
+        if eps_placement not in ("outside", "inside"):
+            raise ValueError(f"eps_placement must be outside or inside, got {eps_placement!r}")
+        self.eps, self.eps_placement = eps, eps_placement
+
+    def _rho(self, numerator: Tensor, denominator: Tensor) -> Tensor:
+        eps = self.eps
+        if self.eps_placement == "inside":
+            return ((numerator + eps) / (denominator + eps)).sqrt()
+        ok = (numerator > 0) & (denominator > 0)
+        ratio = torch.where(ok, numerator / torch.where(ok, denominator, torch.ones_like(denominator)),
+                            torch.zeros_like(numerator))
+        return ratio.sqrt() + eps
 
     def init(self, batch: int, like: Tensor) -> Influence:
         return like.new_zeros(batch, self.n), like.new_zeros(batch, self.a, self.K)
@@ -95,9 +108,8 @@ class UORO(KroneckerEstimator):
         hs = torch.bmm(H, s.unsqueeze(2)).squeeze(2)
         nu = rademacher(s.shape, s)
         nu_f = h_hat[:, :, None] * torch.bmm(nu.unsqueeze(1), D)  # (B, a, K)
-        eps = self.eps
-        rho0 = ((theta.flatten(1).norm(dim=1) + eps) / (hs.norm(dim=1) + eps)).sqrt()
-        rho1 = ((nu_f.flatten(1).norm(dim=1) + eps) / (nu.norm(dim=1) + eps)).sqrt()
+        rho0 = self._rho(theta.flatten(1).norm(dim=1), hs.norm(dim=1))
+        rho1 = self._rho(nu_f.flatten(1).norm(dim=1), nu.norm(dim=1))
         s_new = rho0[:, None] * hs + rho1[:, None] * nu
         theta_new = theta / rho0[:, None, None] + nu_f / rho1[:, None, None]
         return s_new, theta_new
@@ -375,7 +387,8 @@ def build_estimator(cfg: Any, cell: RecurrentCell) -> Any:
             return AutogradRTRL(cell)
         return ExactKronecker(cell)
     if name == "uoro":
-        return UORO(cell, eps=float(cfg.uoro.eps))
+        return UORO(cell, eps=float(cfg.uoro.eps),
+                    eps_placement=str(getattr(cfg.uoro.eps_placement, "value", cfg.uoro.eps_placement)))
     if name == "kf_rtrl":
         return KFRTRL(cell)
     if name == "ok":

@@ -79,9 +79,15 @@ class OKConfig:
         require(self.rank >= 1, "algorithm.ok.rank", f"must be >= 1, got {self.rank}")
 
 
+class UOROEpsPlacement(str, Enum):
+    outside = "outside"  # rho = sqrt(num / den) + eps: spec U2-U3 (UORO's Algorithm 1, the JAX code)
+    inside = "inside"  # rho = sqrt((num + eps) / (den + eps)): the harness's earlier form
+
+
 @dataclass
 class UOROConfig:
-    eps: float = 1e-7  # added inside the rho ratios so zero-initialised factors give no 0/0
+    eps: float = 1e-7  # spec U3 (the JAX code's value)
+    eps_placement: UOROEpsPlacement = UOROEpsPlacement.outside
 
     def __post_init__(self) -> None:
         positive(self.eps, "algorithm.uoro.eps")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -36,8 +37,9 @@ class Progress:
     time_steps: int = 0  # sequence steps trained on (online algorithms take one optimizer step per time step)
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of the current epoch already trained on
-    best_val: float | None = None
+    best_val: float | None = None  # the task's metric at the selected validation
     best_step: int | None = None
+    best_key: list | None = None  # the selection key there (DataSpec.selection, each oriented so larger is better)
     best_test_over_evals: float | None = None  # trainer.report_best_test only (paper-code protocol)
     best_test_step: int | None = None
     wall_time_s: float = 0.0
@@ -126,7 +128,13 @@ class Trainer:
             state = new_state if self.eval_carry_state else None
             self.task.update(meter, out, batch)
         self.model.train()
-        return self.task.compute(meter)
+        return {**self.task.compute(meter), **self.data.eval_extras(split)}
+
+    def selection_key(self, metrics: dict) -> list[float] | None:
+        """The validation result as a key compared lexicographically (larger is better); None when not finite."""
+        rule = self.data.spec.selection or ((self.task.metric, self.task.mode),)
+        key = [float(metrics[name]) * (1.0 if mode == "max" else -1.0) for name, mode in rule]
+        return key if all(math.isfinite(k) for k in key) else None
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -153,9 +161,10 @@ class Trainer:
         with self.eval_weights():
             metrics = self._evaluate("val")
             value = metrics[self.task.metric]
-            improved = self.task.is_better(value, self.p.best_val)
+            key = self.selection_key(metrics)
+            improved = key is not None and (self.p.best_key is None or key > self.p.best_key)
             if improved:
-                self.p.best_val, self.p.best_step = value, self.p.step
+                self.p.best_val, self.p.best_step, self.p.best_key = value, self.p.step, key
                 checkpoint.save_atomic({"model": self.model.state_dict(), "step": self.p.step}, self.best_path)
             if self.tcfg.report_best_test:  # compatibility number only: never used for selection
                 test = self._evaluate("test")
@@ -213,6 +222,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.p = Progress(**state["progress"])
+        if self.p.best_key is None and self.p.best_val is not None and not self.data.spec.selection:
+            # a checkpoint written before best_key existed selected on the task's metric alone
+            self.p.best_key = self.selection_key({self.task.metric: self.p.best_val})
         self.algorithm.state = state["algorithm_state"]
         self.data.load_checkpoint_state(state["data"])
         set_rng_state(state["rng"])
@@ -225,8 +237,9 @@ class Trainer:
     def _budget_fraction(self, n_batches: int) -> float:
         """How much of the budget is spent: the larger of the epoch and the step fractions."""
         epochs = (self.p.epoch + self.p.batch_in_epoch / max(n_batches, 1)) / int(self.tcfg.max_epochs)
-        max_steps = self.tcfg.max_steps
-        return max(epochs, self.p.step / int(max_steps) if max_steps is not None else 0.0)
+        max_steps, max_time = self.tcfg.max_steps, self.tcfg.max_time_s
+        return max(epochs, self.p.step / int(max_steps) if max_steps is not None else 0.0,
+                   self.p.wall_time_s / float(max_time) if max_time is not None else 0.0)
 
     def _progress_line(self, n_batches: int, loss: float, terminal: bool) -> None:
         """Off a terminal (log files, job schedulers) a line every trainer.log_every_s seconds: the tqdm bar's
@@ -251,8 +264,9 @@ class Trainer:
         self._progress_clock = (now, self.p.step, fraction)
 
     def _budget_left(self) -> bool:
-        max_steps = self.tcfg.max_steps
-        return self.p.epoch < int(self.tcfg.max_epochs) and (max_steps is None or self.p.step < int(max_steps))
+        max_steps, max_time = self.tcfg.max_steps, self.tcfg.max_time_s
+        return (self.p.epoch < int(self.tcfg.max_epochs) and (max_steps is None or self.p.step < int(max_steps))
+                and (max_time is None or self._elapsed() < float(max_time)))
 
     def fit(self) -> dict:
         """Trains until a budget ends. Returns {status, error}; raises nothing for divergence."""
