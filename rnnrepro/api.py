@@ -154,7 +154,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _finish(summary: dict, trainer: Trainer, output_dir: str) -> None:
     epochs = trainer.p.epoch + trainer.p.batch_in_epoch / max(trainer.data.num_train_batches(trainer.p.epoch), 1)
     summary.update({"steps": trainer.p.step, "time_steps": trainer.p.time_steps, "epochs": round(epochs, 4),
-                    "wall_time_s": round(trainer._elapsed(), 3),
+                    "wall_time_s": round(trainer._elapsed(), 3), "cpu_time_s": round(trainer.p.cpu_time_s, 3),
                     "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     summary.setdefault("error", None)
     write_json_atomic(summary, os.path.join(output_dir, "summary.json"))

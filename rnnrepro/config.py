@@ -50,6 +50,9 @@ class TrainerConfig:
     # wall-clock seconds of training, evaluations included, summed over resumes (a budget for equal-time
     # comparisons; the steps it buys depend on the machine and its load, which summary.json records)
     max_time_s: float | None = None
+    # CPU seconds of this process (all threads), summed over resumes: the load-independent form of the same budget
+    # when runs share a machine (at trainer.num_threads=1 it is the wall clock the run would take alone)
+    max_cpu_time_s: float | None = None
     eval_every_n_steps: int | None = None  # None: evaluate at the end of each epoch
     limit_eval_batches: int | None = None  # for smoke runs only; recorded in the summary
     grad_clip: float | None = None  # max global L2 norm
@@ -74,8 +77,9 @@ class TrainerConfig:
         require(self.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {self.max_epochs}")
         require(self.max_steps is None or self.max_steps >= 1, "trainer.max_steps",
                 f"must be >= 1 or null, got {self.max_steps}")
-        require(self.max_time_s is None or self.max_time_s > 0, "trainer.max_time_s",
-                f"must be > 0 or null, got {self.max_time_s}")
+        for key in ("max_time_s", "max_cpu_time_s"):
+            require(getattr(self, key) is None or getattr(self, key) > 0, f"trainer.{key}",
+                    f"must be > 0 or null, got {getattr(self, key)}")
         require(self.eval_every_n_steps is None or self.eval_every_n_steps >= 1, "trainer.eval_every_n_steps",
                 f"must be >= 1 or null, got {self.eval_every_n_steps}")
         require(self.log_every_s >= 0, "trainer.log_every_s", f"must be >= 0, got {self.log_every_s}")

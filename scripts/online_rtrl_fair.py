@@ -17,12 +17,12 @@ reused, an unfinished one resumed with ``resume=auto``):
   which that T was reached, then by the lower final training loss.
 - ``time_steps``: every algorithm at its kept lr for 100k time steps, seeds 0-2. Online algorithms update every
   step (100k updates); TBPTT every k steps (100k / k updates).
-- ``wall_clock``: TBPTT at each k for as long as OK took (``trainer.max_time_s`` = the mean wall time of the OK runs
-  of ``time_steps``, which ran under the same load: ``--jobs`` runs at one thread each).
+- ``wall_clock``: TBPTT at each k for as long as OK took: ``trainer.max_cpu_time_s`` = the mean CPU time of the OK
+  runs of ``time_steps``. Every run has one thread, so its CPU time is the wall clock it would take alone on one
+  core, whatever else shares the machine (the wall times, which depend on that, are reported beside).
 - ``updates``: TBPTT at each k for OK's 100k updates, so k x 100k time steps.
 
-The default ``--jobs 2`` runs two single-thread runs at once (the 2-core machine); every stage uses the same, so the
-wall-clock budget is measured under the load it is spent under.
+The default ``--jobs 2`` runs two single-thread runs at once (the 2-core machine).
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def run_folder(runs_dir: str, stage: str, variant: str, seed: int) -> str:
 
 
 def command(algorithm: str, k: int | None, lr_exp: float, seed: int, out: str, stage: str, *,
-            time_steps: int | None = None, updates: int | None = None, max_time_s: float | None = None,
+            time_steps: int | None = None, updates: int | None = None, cpu_seconds: float | None = None,
             eval_every: int = EVAL_EVERY) -> list[str]:
     """run.py for one variant. Budgets: time steps (online: one update each; TBPTT: one per k), updates, or
-    wall-clock seconds (then the step budget is only a cap that is never reached)."""
+    CPU seconds (then the step budget is only a cap that is never reached)."""
     per_update = k or 1
     if updates is None:
         updates = time_steps // per_update if time_steps is not None else 10**9 // per_update
@@ -83,8 +83,8 @@ def command(algorithm: str, k: int | None, lr_exp: float, seed: int, out: str, s
            "trainer.num_threads=1"]
     if k is not None:
         cmd += [f"algorithm.tbptt.truncation={k}", f"data.chunk_len={k}"]
-    if max_time_s is not None:
-        cmd.append(f"trainer.max_time_s={max_time_s:.1f}")
+    if cpu_seconds is not None:
+        cmd.append(f"trainer.max_cpu_time_s={cpu_seconds:.1f}")
     if os.path.exists(os.path.join(out, "last.pt")):
         cmd.append("resume=auto")
     return cmd
@@ -168,19 +168,19 @@ def stage_jobs(stage: str, runs_dir: str) -> list[tuple[list[str], str]]:
                          eval_every=EVAL_EVERY * k), out)
                 for a, k in tbptt for s in TABLE_SEEDS
                 for out in [run_folder(runs_dir, stage, variant_name(a, k, chosen[(a, k)]["lr_exp"]), s)]]
-    budget = ok_wall_clock(runs_dir, chosen)
-    return [(command(a, k, chosen[(a, k)]["lr_exp"], s, out, stage, max_time_s=budget), out)
+    budget = ok_cpu_time(runs_dir, chosen)
+    return [(command(a, k, chosen[(a, k)]["lr_exp"], s, out, stage, cpu_seconds=budget), out)
             for a, k in tbptt for s in TABLE_SEEDS
             for out in [run_folder(runs_dir, stage, variant_name(a, k, chosen[(a, k)]["lr_exp"]), s)]]
 
 
-def ok_wall_clock(runs_dir: str, chosen: dict) -> float:
-    """The mean wall time of the OK runs of the time_steps stage (the wall-clock stage's budget)."""
+def ok_cpu_time(runs_dir: str, chosen: dict) -> float:
+    """The mean CPU time of the OK runs of the time_steps stage (the wall-clock stage's budget)."""
     variant = variant_name("ok", None, chosen[("ok", None)]["lr_exp"])
     times = [load(run_folder(runs_dir, "time_steps", variant, s)) for s in TABLE_SEEDS]
     if any(t is None for t in times):
         raise SystemExit("the OK runs of the time_steps stage are not finished: run that stage first")
-    return float(np.mean([s["wall_time_s"] for s, _ in times]))
+    return float(np.mean([s["cpu_time_s"] for s, _ in times]))
 
 
 # ----------------------------------------------------------------------------------------------------- report
@@ -197,7 +197,8 @@ def _stage_rows(runs_dir: str, stage: str, chosen: dict) -> list[dict]:
                 c = curve(metrics)
                 rows.append({"method": label(a, k), "stage": stage, "seed": s, "T": int(c.curriculum_T.iloc[-1]),
                              "time_steps": int(summary["time_steps"]), "updates": int(summary["steps"]),
-                             "wall_s": float(summary["wall_time_s"]), "summary": summary, "curve": c})
+                             "wall_s": float(summary["wall_time_s"]), "cpu_s": float(summary["cpu_time_s"]),
+                             "summary": summary, "curve": c})
     return rows
 
 
@@ -221,7 +222,7 @@ def report(runs_dir: str, out_dir: str) -> str | None:
             continue
         row = {"method": name, "lr": f"10^{chosen[(a, k)]['lr_exp']:g}"}
         for stage, title in (("time_steps", "equal time steps (100k)"), ("updates", "equal updates (100k)"),
-                             ("wall_clock", "equal wall clock")):
+                             ("wall_clock", "equal time (CPU s)")):
             mine = [r for r in stages.get(stage, []) if r["method"] == name]
             summaries += [r["summary"] for r in mine]
             if not mine:
@@ -229,13 +230,13 @@ def report(runs_dir: str, out_dir: str) -> str | None:
                 continue
             row[f"T, {title}"] = common._mean_std([r["T"] for r in mine])
             if stage != "time_steps" or a == "tbptt":
-                row[f"{title}: time steps / updates / wall s"] = (
+                row[f"{title}: time steps / updates / CPU s"] = (
                     f"{np.mean([r['time_steps'] for r in mine]):,.0f} / {np.mean([r['updates'] for r in mine]):,.0f}"
-                    f" / {np.mean([r['wall_s'] for r in mine]):,.0f}")
+                    f" / {np.mean([r['cpu_s'] for r in mine]):,.0f}")
             else:
-                row[f"{title}: time steps / updates / wall s"] = (
+                row[f"{title}: time steps / updates / CPU s"] = (
                     f"{TABLE_STEPS:,} / {np.mean([r['updates'] for r in mine]):,.0f} / "
-                    f"{np.mean([r['wall_s'] for r in mine]):,.0f}")
+                    f"{np.mean([r['cpu_s'] for r in mine]):,.0f}")
         budget_rows.append(row)
     every = [r for rows in stages.values() for r in rows]
     if every:
@@ -248,8 +249,9 @@ def report(runs_dir: str, out_dir: str) -> str | None:
              "Online algorithms (OK, KF-RTRL, UORO) update the weights every time step; TBPTT-k once per window of "
              "k steps, backpropagating through that window. Budgets: **equal time steps** = 100k time steps for "
              "everyone (TBPTT gets 100k / k updates); **equal updates** = TBPTT for OK's 100k updates (k x 100k "
-             "time steps); **equal wall clock** = TBPTT for the mean wall time of the OK runs at equal time steps "
-             "(`trainer.max_time_s`; every run at one thread, two runs at a time on the 2-core machine). Each "
+             "time steps); **equal time** = TBPTT for the mean CPU time of the OK runs at equal time steps "
+             "(`trainer.max_cpu_time_s`; every run has one thread, so its CPU time is the wall clock it would take "
+             "alone on one core; runs went two at a time on the 2-core machine, so their wall times are longer). Each "
              "method runs at the learning rate its own sweep kept (below).", "",
              pd.DataFrame(budget_rows).to_markdown(index=False), "",
              f"## Learning-rate sweep (seed {SWEEP_SEED}, {SWEEP_STEPS:,} time steps)", "",
@@ -260,7 +262,7 @@ def report(runs_dir: str, out_dir: str) -> str | None:
              "Provenance", *_provenance(summaries), ""]
     if every:
         _figure(every, os.path.join(out_dir, "copy_fair.cpu.png"))
-        lines.append("![T against time steps and wall clock](copy_fair.cpu.png)")
+        lines.append("![T against time steps and against CPU time](copy_fair.cpu.png)")
     path = os.path.join(out_dir, "copy_fair.cpu.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -297,13 +299,14 @@ def _figure(rows: list[dict], path: str) -> None:
         if r["stage"] == "time_steps":
             axes[0].plot(r["curve"].time_steps, r["curve"].curriculum_T, color=color, alpha=0.8,
                          label=r["method"] if first else None)
-        if r["stage"] in ("time_steps", "wall_clock") and (r["stage"] == "wall_clock" or r["method"] in
-                                                            [label(a, None) for a in ONLINE]):
-            axes[1].plot(r["curve"].wall_time_s, r["curve"].curriculum_T, color=color, alpha=0.8,
-                         label=r["method"] if first else None)
+        if r["stage"] in ("time_steps", "wall_clock"):
+            marker = "o" if r["stage"] == "time_steps" else "s"
+            axes[1].scatter(r["cpu_s"], r["T"], color=color, marker=marker, alpha=0.8,
+                            label=f"{r['method']} ({'100k time steps' if marker == 'o' else 'OK CPU time'})"
+                            if first else None)
     axes[0].set(xlabel="time steps", ylabel="curriculum T", title="equal time steps")
-    axes[1].set(xlabel="wall clock s (1 thread, 2 runs at a time)", ylabel="curriculum T",
-                title="online: 100k time steps; TBPTT: OK's wall clock")
+    axes[1].set(xscale="log", xlabel="CPU seconds (one thread)", ylabel="curriculum T at the end",
+                title="T against compute")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -38,11 +38,11 @@ def test_budgets_in_time_steps_updates_and_wall_clock(fair, tmp_path):
     up = _overrides(fair.command("tbptt", 25, -3.0, 0, str(tmp_path / "c"), "updates", updates=100_000,
                                  eval_every=25 * 5_000))
     assert up["trainer.max_steps"] == "100000" and up["trainer.eval_every_n_steps"] == "5000"
-    wall = _overrides(fair.command("tbptt", 5, -3.0, 0, str(tmp_path / "d"), "wall_clock", max_time_s=321.04))
-    assert wall["trainer.max_time_s"] == "321.0" and int(wall["trainer.max_steps"]) >= 10**8
+    wall = _overrides(fair.command("tbptt", 5, -3.0, 0, str(tmp_path / "d"), "wall_clock", cpu_seconds=321.04))
+    assert wall["trainer.max_cpu_time_s"] == "321.0" and int(wall["trainer.max_steps"]) >= 10**8
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "last.pt").write_bytes(b"")
-    assert "resume=auto" in fair.command("tbptt", 5, -3.0, 0, str(tmp_path / "d"), "wall_clock", max_time_s=1.0)
+    assert "resume=auto" in fair.command("tbptt", 5, -3.0, 0, str(tmp_path / "d"), "wall_clock", cpu_seconds=1.0)
 
 
 def test_every_sweep_command_composes_and_validates(fair, compose_cfg, tmp_path):

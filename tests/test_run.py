@@ -48,31 +48,36 @@ def test_run_writes_config_metrics_and_summary(compose_cfg, tmp_path):
     assert on_disk["best_step"] == int(val[val.acc == best].step.iloc[0])
 
 
-def test_max_time_s_is_a_budget_summed_over_resumes(compose_cfg, tmp_path, monkeypatch):
-    """trainer.max_time_s stops training when the wall clock (evaluations included) reaches it, like max_steps,
-    and a resume continues the same clock. The trainer's clock is faked to advance 1 s per reading, so the stop
-    is deterministic."""
+@pytest.mark.parametrize("budget,clock", [("max_time_s", "wall_time_s"), ("max_cpu_time_s", "cpu_time_s")])
+def test_time_budgets_are_summed_over_resumes(compose_cfg, tmp_path, monkeypatch, budget, clock):
+    """trainer.max_time_s (wall clock) and trainer.max_cpu_time_s (the process's CPU time) stop training when their
+    clock, evaluations included, reaches them, like max_steps, and a resume continues the same clock. The clock
+    under test is faked to advance 1 s per reading and the other barely moves, so the stop is deterministic."""
     import types
 
     import rnnrepro.training.trainer as trainer_module
 
-    now = [0.0]
+    now = {"fast": 0.0, "slow": 0.0}
 
-    def tick() -> float:
-        now[0] += 1.0
-        return now[0]
+    def clock_reader(which: str, step: float):
+        def read() -> float:
+            now[which] += step
+            return now[which]
+        return read
 
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=tick, time=time.time))
+    fast, slow = clock_reader("fast", 1.0), clock_reader("slow", 1e-6)
+    wall, cpu = (fast, slow) if budget == "max_time_s" else (slow, fast)
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=wall, process_time=cpu,
+                                                                      time=time.time))
     out = tmp_path / "timed"
-    first = run(compose_cfg("trainer.max_steps=1000", "trainer.max_time_s=12", "trainer.eval_every_n_steps=3",
-                            output_dir=out))
+    budgets = ["trainer.max_steps=1000", "trainer.max_epochs=1000", "trainer.eval_every_n_steps=3"]
+    first = run(compose_cfg(*budgets, f"trainer.{budget}=12", output_dir=out))
     assert first["status"] == "completed" and 0 < first["steps"] < 1000
-    assert 12 <= first["wall_time_s"] < 40  # the final test evaluations read the clock too
-    again = run(compose_cfg("trainer.max_steps=1000", "trainer.max_time_s=24", "trainer.eval_every_n_steps=3",
-                            "resume=auto", output_dir=out))
-    assert first["steps"] < again["steps"] < 1000 and 24 <= again["wall_time_s"] < 60
-    with pytest.raises(ConfigError, match="^trainer.max_time_s"):
-        validate(compose_cfg("trainer.max_time_s=0"))
+    assert 12 <= first[clock] < 40  # the final test evaluations read the clock too
+    again = run(compose_cfg(*budgets, f"trainer.{budget}=24", "resume=auto", output_dir=out))
+    assert first["steps"] < again["steps"] < 1000 and 24 <= again[clock] < 60
+    with pytest.raises(ConfigError, match=f"^trainer.{budget}"):
+        validate(compose_cfg(f"trainer.{budget}=0"))
 
 
 def test_lstm_free_parameters_discount_second_bias(compose_cfg, tmp_path):

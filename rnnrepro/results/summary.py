@@ -14,7 +14,7 @@ import torch
 SUMMARY_FIELDS = [
     "experiment", "paper", "table", "row", "tier", "model", "dataset", "seed", "params", "params_free", "metric",
     "mode", "best_val", "best_step", "test_at_best_val", "test_last", "val_last", "steps", "time_steps", "epochs",
-    "wall_time_s",
+    "wall_time_s", "cpu_time_s", "selection",
     "status", "error", "device", "device_name", "torch_version", "git_sha", "git_dirty", "host", "started_at",
     "finished_at", "data", "limit_eval_batches", "deterministic", "output_dir", "segments",
 ]

@@ -43,6 +43,7 @@ class Progress:
     best_test_over_evals: float | None = None  # trainer.report_best_test only (paper-code protocol)
     best_test_step: int | None = None
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0  # this process's CPU time (all its threads), summed like wall_time_s
     last_eval_step: int = -1
     validations: int = 0
     train_loss_sum: float = 0.0
@@ -73,7 +74,7 @@ class Trainer:
         self.output_dir, self.csv, self.mirror = output_dir, csv, mirror
         self.task = model.task
         self.p = Progress()
-        self._clock = time.perf_counter()
+        self._clock, self._cpu_clock = time.perf_counter(), time.process_time()
         carry_eval = getattr(data, "eval_carry_state", None)
         self.eval_carry_state = algorithm.carry_state if carry_eval is None else bool(carry_eval)
         algorithm.should_stop = lambda: not self._budget_left()
@@ -143,6 +144,9 @@ class Trainer:
         now = time.perf_counter()
         self.p.wall_time_s += now - self._clock
         self._clock = now
+        cpu = time.process_time()
+        self.p.cpu_time_s += cpu - self._cpu_clock
+        self._cpu_clock = cpu
         return self.p.wall_time_s
 
     def _log_row(self, split: str, metrics: dict) -> dict:
@@ -229,7 +233,7 @@ class Trainer:
         self.data.load_checkpoint_state(state["data"])
         set_rng_state(state["rng"])
         self.csv.truncate_after(self.p.step)
-        self._clock = time.perf_counter()
+        self._clock, self._cpu_clock = time.perf_counter(), time.process_time()
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.p.step, self.p.epoch,
                  self.p.batch_in_epoch)
 
@@ -237,9 +241,10 @@ class Trainer:
     def _budget_fraction(self, n_batches: int) -> float:
         """How much of the budget is spent: the larger of the epoch and the step fractions."""
         epochs = (self.p.epoch + self.p.batch_in_epoch / max(n_batches, 1)) / int(self.tcfg.max_epochs)
-        max_steps, max_time = self.tcfg.max_steps, self.tcfg.max_time_s
+        max_steps, max_time, max_cpu = self.tcfg.max_steps, self.tcfg.max_time_s, self.tcfg.max_cpu_time_s
         return max(epochs, self.p.step / int(max_steps) if max_steps is not None else 0.0,
-                   self.p.wall_time_s / float(max_time) if max_time is not None else 0.0)
+                   self.p.wall_time_s / float(max_time) if max_time is not None else 0.0,
+                   self.p.cpu_time_s / float(max_cpu) if max_cpu is not None else 0.0)
 
     def _progress_line(self, n_batches: int, loss: float, terminal: bool) -> None:
         """Off a terminal (log files, job schedulers) a line every trainer.log_every_s seconds: the tqdm bar's
@@ -264,9 +269,14 @@ class Trainer:
         self._progress_clock = (now, self.p.step, fraction)
 
     def _budget_left(self) -> bool:
-        max_steps, max_time = self.tcfg.max_steps, self.tcfg.max_time_s
-        return (self.p.epoch < int(self.tcfg.max_epochs) and (max_steps is None or self.p.step < int(max_steps))
-                and (max_time is None or self._elapsed() < float(max_time)))
+        max_steps, max_time, max_cpu = self.tcfg.max_steps, self.tcfg.max_time_s, self.tcfg.max_cpu_time_s
+        if self.p.epoch >= int(self.tcfg.max_epochs) or (max_steps is not None and self.p.step >= int(max_steps)):
+            return False
+        if max_time is None and max_cpu is None:
+            return True
+        self._elapsed()
+        return ((max_time is None or self.p.wall_time_s < float(max_time))
+                and (max_cpu is None or self.p.cpu_time_s < float(max_cpu)))
 
     def fit(self) -> dict:
         """Trains until a budget ends. Returns {status, error}; raises nothing for divergence."""
