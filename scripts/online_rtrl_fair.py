@@ -270,7 +270,8 @@ def report(runs_dir: str, out_dir: str) -> str | None:
 
 
 def _provenance(summaries: list[dict]) -> list[str]:
-    shas = sorted({str(s.get("git_sha"))[:10] + ("+dirty" if s.get("git_dirty") else "") for s in summaries})
+    shas = sorted({str(seg.get("git_sha"))[:10] + ("+dirty" if seg.get("git_dirty") else "")
+                   for s in summaries for seg in (s.get("segments") or [s])})  # every process that trained
     return [f"- git SHA(s): {', '.join(shas)}", f"- runs: {len(summaries)}",
             f"- device(s): {', '.join(sorted({str(s.get('device_name')) for s in summaries}))}; CPU: "
             f"{', '.join(sorted({str(s.get('cpu_model')) for s in summaries}))}",
