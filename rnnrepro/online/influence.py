@@ -79,7 +79,7 @@ class ExactKronecker(KroneckerEstimator):
 class UORO(KroneckerEstimator):
     """Rank one, G ~ s theta^T with s (B, n), theta (B, a, K) (spec U1-U6). nu^T F_t = h_hat_t (x) (nu^T D_t).
 
-    ``eps_placement``: ``outside`` (spec U2-U3, UORO's Algorithm 1 and the JAX code) rho0 = sqrt(|theta| / |H s|) +
+    ``eps_placement``: ``outside`` (spec U2-U3: the vanilla-rtrl JAX code) rho0 = sqrt(|theta| / |H s|) +
     eps, rho1 = sqrt(|nu^T F| / |nu|) + eps, with a zero numerator or denominator read as ratio 0 (the zero
     initial factors: the term it balances is then zero, and rho = eps keeps it finite); ``inside`` rho0 =
     sqrt((|theta| + eps) / (|H s| + eps)), likewise rho1. Unbiased for any rho0 > 0 fixed given the past and any

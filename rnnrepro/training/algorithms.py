@@ -80,7 +80,7 @@ class OKConfig:
 
 
 class UOROEpsPlacement(str, Enum):
-    outside = "outside"  # rho = sqrt(num / den) + eps: spec U2-U3 (UORO's Algorithm 1, the JAX code)
+    outside = "outside"  # rho = sqrt(num / den) + eps: spec U2-U3 (the vanilla-rtrl JAX code)
     inside = "inside"  # rho = sqrt((num + eps) / (den + eps)): the harness's earlier form
 
 

@@ -239,7 +239,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------- loop
     def _budget_fraction(self, n_batches: int) -> float:
-        """How much of the budget is spent: the larger of the epoch and the step fractions."""
+        """How much of the budget is spent: the largest fraction over the budgets set (epochs, steps, time)."""
         epochs = (self.p.epoch + self.p.batch_in_epoch / max(n_batches, 1)) / int(self.tcfg.max_epochs)
         max_steps, max_time, max_cpu = self.tcfg.max_steps, self.tcfg.max_time_s, self.tcfg.max_cpu_time_s
         return max(epochs, self.p.step / int(max_steps) if max_steps is not None else 0.0,
