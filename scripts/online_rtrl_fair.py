@@ -11,7 +11,7 @@ reused, an unfinished one resumed with ``resume=auto``):
     python scripts/online_rtrl_fair.py report     --runs-dir DIR            # results/online_rtrl/copy_fair.*
     python scripts/online_rtrl_fair.py time_steps --runs-dir DIR --dry-run  # print the commands, run nothing
 
-- ``sweep``: Adam lr in {10^-4, 10^-3.5, 10^-3, 10^-2.5} for OK, KF-RTRL, UORO and TBPTT at each truncation
+- ``sweep``: Adam lr in {10^-4, 10^-3.5, ..., 10^-1.5} for OK, KF-RTRL, UORO and TBPTT at each truncation
   k in {5, 25, 50, 100} (one update per window of k steps), seed 100 (not a table seed), 50k time steps. The lr
   kept per algorithm (and per k): the largest curriculum T at the end, ties broken by the earlier time step at
   which that T was reached, then by the lower final training loss.
@@ -44,7 +44,7 @@ REPO = common.REPO
 BASE = ["model.hidden_size=32", "algorithm.ok.rank=8"]  # the cpu scale of online_rtrl_report.py
 ONLINE = ("ok", "kf_rtrl", "uoro")
 TRUNCATIONS = (5, 25, 50, 100)
-LR_EXPONENTS = (-4.0, -3.5, -3.0, -2.5)
+LR_EXPONENTS = (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5)
 SWEEP_SEED, TABLE_SEEDS = 100, (0, 1, 2)
 SWEEP_STEPS, TABLE_STEPS, EVAL_EVERY = 50_000, 100_000, 5_000  # time steps
 STAGES = ("sweep", "time_steps", "wall_clock", "updates")
@@ -210,7 +210,8 @@ def report(runs_dir: str, out_dir: str) -> str | None:
     for (a, k), entry in chosen.items():
         row = {"method": label(a, k)}
         for r in entry["results"]:
-            mark = " (kept)" if r["lr_exp"] == entry["lr_exp"] else ""
+            edge = r["lr_exp"] in (min(LR_EXPONENTS), max(LR_EXPONENTS))
+            mark = (" (kept, at the grid's edge)" if edge else " (kept)") if r["lr_exp"] == entry["lr_exp"] else ""
             row[f"lr 10^{r['lr_exp']:g}"] = f"T {r['T']} at {r['first']:,}{mark}" if r["status"] == "completed" \
                 else r["status"]
         sweep_rows.append(row)

@@ -47,7 +47,7 @@ def test_budgets_in_time_steps_updates_and_wall_clock(fair, tmp_path):
 
 def test_every_sweep_command_composes_and_validates(fair, compose_cfg, tmp_path):
     jobs = fair.stage_jobs("sweep", str(tmp_path))
-    assert len(jobs) == 7 * 4 and len({out for _, out in jobs}) == len(jobs)
+    assert len(jobs) == 7 * len(fair.LR_EXPONENTS) and len({out for _, out in jobs}) == len(jobs)
     seen = set()
     for cmd, _ in jobs:
         o = _overrides(cmd)
@@ -73,15 +73,17 @@ def _fake_run(folder, T_by_step: list[tuple[int, int, float]], status: str = "co
 
 def test_sweep_keeps_the_largest_T_then_the_earliest_then_the_lowest_loss(fair, tmp_path):
     runs = str(tmp_path)
+    assert fair.LR_EXPONENTS == (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5)
     outcomes = {-4.0: [(5000, 2, 0.5), (10000, 3, 0.4)],  # T 3
                 -3.5: [(5000, 4, 0.5), (10000, 4, 0.3)],  # T 4 from 5k
                 -3.0: [(5000, 3, 0.5), (10000, 4, 0.1)],  # T 4 from 10k: later, despite the lower loss
-                -2.5: [(5000, 1, 0.9), (10000, 1, 0.9)]}
+                -2.5: [(5000, 1, 0.9), (10000, 1, 0.9)], -2.0: [(5000, 1, 1.0)], -1.5: [(5000, 1, 1.1)]}
     for e, rows in outcomes.items():
         _fake_run(fair.run_folder(runs, "sweep", fair.variant_name("uoro", None, e), fair.SWEEP_SEED), rows)
     chosen = fair.sweep_choice(runs)
     assert set(chosen) == {("uoro", None)} and chosen[("uoro", None)]["lr_exp"] == -3.5
-    tie = {-4.0: [(5000, 4, 0.2)], -3.5: [(5000, 4, 0.3)], -3.0: [(5000, 2, 0.1)], -2.5: [(5000, 4, 0.25)]}
+    tie = {-4.0: [(5000, 4, 0.2)], -3.5: [(5000, 4, 0.3)], -3.0: [(5000, 2, 0.1)], -2.5: [(5000, 4, 0.25)],
+           -2.0: [(5000, 3, 0.2)], -1.5: [(5000, 1, 2.0)]}
     for e, rows in tie.items():
         _fake_run(fair.run_folder(runs, "sweep", fair.variant_name("tbptt", 25, e), fair.SWEEP_SEED), rows)
     assert fair.sweep_choice(runs)[("tbptt", 25)]["lr_exp"] == -4.0
