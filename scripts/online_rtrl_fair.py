@@ -11,10 +11,10 @@ reused, an unfinished one resumed with ``resume=auto``):
     python scripts/online_rtrl_fair.py report     --runs-dir DIR            # results/online_rtrl/copy_fair.*
     python scripts/online_rtrl_fair.py time_steps --runs-dir DIR --dry-run  # print the commands, run nothing
 
-- ``sweep``: Adam lr in {10^-4, 10^-3.5, ..., 10^-1.5} for OK, KF-RTRL, UORO and TBPTT at each truncation
-  k in {5, 25, 50, 100} (one update per window of k steps), seed 100 (not a table seed), 50k time steps. The lr
-  kept per algorithm (and per k): the largest curriculum T at the end, ties broken by the earlier time step at
-  which that T was reached, then by the lower final training loss.
+- ``sweep``: Adam lr in {10^-4, 10^-3.5, ..., 10^-1.5} (TBPTT: to 10^-1) for OK, KF-RTRL, UORO and TBPTT at each
+  truncation k in {5, 25, 50, 100} (one update per window of k steps), seed 100 (not a table seed), 50k time
+  steps. The lr kept per algorithm (and per k): the largest curriculum T at the end, ties broken by the earlier
+  time step at which that T was reached, then by the lower final training loss.
 - ``time_steps``: every algorithm at its kept lr for 100k time steps, seeds 0-2. Online algorithms update every
   step (100k updates); TBPTT every k steps (100k / k updates).
 - ``wall_clock``: TBPTT at each k for as long as OK took: ``trainer.max_cpu_time_s`` = the mean CPU time of the OK
@@ -45,6 +45,12 @@ BASE = ["model.hidden_size=32", "algorithm.ok.rank=8"]  # the cpu scale of onlin
 ONLINE = ("ok", "kf_rtrl", "uoro")
 TRUNCATIONS = (5, 25, 50, 100)
 LR_EXPONENTS = (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5)
+# TBPTT's long windows were still improving at 10^-1.5, so its grid goes one step further
+TBPTT_LR_EXPONENTS = (*LR_EXPONENTS, -1.0)
+
+
+def lr_grid(algorithm: str) -> tuple[float, ...]:
+    return TBPTT_LR_EXPONENTS if algorithm == "tbptt" else LR_EXPONENTS
 SWEEP_SEED, TABLE_SEEDS = 100, (0, 1, 2)
 SWEEP_STEPS, TABLE_STEPS, EVAL_EVERY = 50_000, 100_000, 5_000  # time steps
 STAGES = ("sweep", "time_steps", "wall_clock", "updates")
@@ -133,7 +139,7 @@ def sweep_choice(runs_dir: str) -> dict[tuple[str, int | None], dict]:
     out = {}
     for algorithm, k in methods():
         results = []
-        for e in LR_EXPONENTS:
+        for e in lr_grid(algorithm):
             loaded = load(run_folder(runs_dir, "sweep", variant_name(algorithm, k, e), SWEEP_SEED))
             if loaded is None:
                 continue
@@ -143,7 +149,7 @@ def sweep_choice(runs_dir: str) -> dict[tuple[str, int | None], dict]:
             first = int(c[c.curriculum_T >= T].time_steps.iloc[0])
             results.append({"lr_exp": e, "T": T, "first": first, "loss": float(c.loss.iloc[-1]),
                             "status": summary["status"], "summary": summary})
-        if len(results) == len(LR_EXPONENTS):
+        if len(results) == len(lr_grid(algorithm)):
             best = max(results, key=lambda r: (r["T"], -r["first"], -r["loss"]))
             out[(algorithm, k)] = {"results": results, "lr_exp": best["lr_exp"]}
     return out
@@ -152,7 +158,7 @@ def sweep_choice(runs_dir: str) -> dict[tuple[str, int | None], dict]:
 def stage_jobs(stage: str, runs_dir: str) -> list[tuple[list[str], str]]:
     if stage == "sweep":
         return [(command(a, k, e, SWEEP_SEED, out, stage, time_steps=SWEEP_STEPS), out)
-                for a, k in methods() for e in LR_EXPONENTS
+                for a, k in methods() for e in lr_grid(a)
                 for out in [run_folder(runs_dir, stage, variant_name(a, k, e), SWEEP_SEED)]]
     chosen = sweep_choice(runs_dir)
     missing = [label(a, k) for a, k in methods() if (a, k) not in chosen]
@@ -210,7 +216,7 @@ def report(runs_dir: str, out_dir: str) -> str | None:
     for (a, k), entry in chosen.items():
         row = {"method": label(a, k)}
         for r in entry["results"]:
-            edge = r["lr_exp"] in (min(LR_EXPONENTS), max(LR_EXPONENTS))
+            edge = r["lr_exp"] in (min(lr_grid(a)), max(lr_grid(a)))
             mark = (" (kept, at the grid's edge)" if edge else " (kept)") if r["lr_exp"] == entry["lr_exp"] else ""
             row[f"lr 10^{r['lr_exp']:g}"] = f"T {r['T']} at {r['first']:,}{mark}" if r["status"] == "completed" \
                 else r["status"]
@@ -259,7 +265,7 @@ def report(runs_dir: str, out_dir: str) -> str | None:
              "Adam lr per method; each cell: the curriculum T at the end and the time step at which it was first "
              "reached (train rows every 5k time steps). Kept: the largest T, then the earlier time step, then the "
              "lower final training loss.", "",
-             pd.DataFrame(sweep_rows).to_markdown(index=False), "",
+             pd.DataFrame(sweep_rows).fillna("—").to_markdown(index=False), "",  # —: not in that method's grid
              "Provenance", *_provenance(summaries), ""]
     if every:
         _figure(every, os.path.join(out_dir, "copy_fair.cpu.png"))

@@ -47,7 +47,8 @@ def test_budgets_in_time_steps_updates_and_wall_clock(fair, tmp_path):
 
 def test_every_sweep_command_composes_and_validates(fair, compose_cfg, tmp_path):
     jobs = fair.stage_jobs("sweep", str(tmp_path))
-    assert len(jobs) == 7 * len(fair.LR_EXPONENTS) and len({out for _, out in jobs}) == len(jobs)
+    assert len(jobs) == 3 * len(fair.LR_EXPONENTS) + 4 * len(fair.TBPTT_LR_EXPONENTS)
+    assert len({out for _, out in jobs}) == len(jobs)
     seen = set()
     for cmd, _ in jobs:
         o = _overrides(cmd)
@@ -84,8 +85,11 @@ def test_sweep_keeps_the_largest_T_then_the_earliest_then_the_lowest_loss(fair, 
     assert set(chosen) == {("uoro", None)} and chosen[("uoro", None)]["lr_exp"] == -3.5
     tie = {-4.0: [(5000, 4, 0.2)], -3.5: [(5000, 4, 0.3)], -3.0: [(5000, 2, 0.1)], -2.5: [(5000, 4, 0.25)],
            -2.0: [(5000, 3, 0.2)], -1.5: [(5000, 1, 2.0)]}
+    assert fair.TBPTT_LR_EXPONENTS == (*fair.LR_EXPONENTS, -1.0)
     for e, rows in tie.items():
         _fake_run(fair.run_folder(runs, "sweep", fair.variant_name("tbptt", 25, e), fair.SWEEP_SEED), rows)
+    assert ("tbptt", 25) not in fair.sweep_choice(runs)  # its grid also has 10^-1
+    _fake_run(fair.run_folder(runs, "sweep", fair.variant_name("tbptt", 25, -1.0), fair.SWEEP_SEED), [(5000, 1, 3.0)])
     assert fair.sweep_choice(runs)[("tbptt", 25)]["lr_exp"] == -4.0
     with pytest.raises(SystemExit, match="not finished for OK, KF-RTRL, TBPTT-5, TBPTT-50, TBPTT-100"):
         fair.stage_jobs("time_steps", runs)
