@@ -232,8 +232,9 @@ def report(runs_dir: str, out_dir: str) -> str | None:
                              ("wall_clock", "equal time (CPU s)")):
             mine = [r for r in stages.get(stage, []) if r["method"] == name]
             summaries += [r["summary"] for r in mine]
-            if not mine:
-                row[f"T, {title}"] = "n/a" if stage != "time_steps" and a != "tbptt" else "not run"
+            if not mine:  # n/a: the stage runs TBPTT only
+                row[f"T, {title}"] = row[f"{title}: time steps / updates / CPU s"] = (
+                    "n/a" if stage != "time_steps" and a != "tbptt" else "not run")
                 continue
             row[f"T, {title}"] = common._mean_std([r["T"] for r in mine])
             if stage != "time_steps" or a == "tbptt":
