@@ -10,6 +10,7 @@ reused, an unfinished one resumed with ``resume=auto``):
     python scripts/online_rtrl_fair.py updates    --runs-dir DIR --jobs 2   # TBPTT for OK's 100k updates
     python scripts/online_rtrl_fair.py report     --runs-dir DIR            # results/online_rtrl/copy_fair.*
     python scripts/online_rtrl_fair.py time_steps --runs-dir DIR --dry-run  # print the commands, run nothing
+    python scripts/online_rtrl_fair.py updates    --runs-dir DIR --seeds 0  # only some of the table seeds
 
 - ``sweep``: Adam lr in {10^-4, 10^-3.5, ..., 10^-1.5} (TBPTT: to 10^-1) for OK, KF-RTRL, UORO and TBPTT at each
   truncation k in {5, 25, 50, 100} (one update per window of k steps), seed 100 (not a table seed), 50k time
@@ -155,7 +156,11 @@ def sweep_choice(runs_dir: str) -> dict[tuple[str, int | None], dict]:
     return out
 
 
-def stage_jobs(stage: str, runs_dir: str) -> list[tuple[list[str], str]]:
+def stage_jobs(stage: str, runs_dir: str, seeds: tuple[int, ...] = ()) -> list[tuple[list[str], str]]:
+    """The stage's runs; seeds: a subset of the table seeds (default all of them; the sweep has its own seed)."""
+    seeds = tuple(seeds) or TABLE_SEEDS
+    if not set(seeds) <= set(TABLE_SEEDS):
+        raise SystemExit(f"--seeds must be among the table seeds {TABLE_SEEDS}, got {seeds}")
     if stage == "sweep":
         return [(command(a, k, e, SWEEP_SEED, out, stage, time_steps=SWEEP_STEPS), out)
                 for a, k in methods() for e in lr_grid(a)
@@ -166,17 +171,17 @@ def stage_jobs(stage: str, runs_dir: str) -> list[tuple[list[str], str]]:
         raise SystemExit(f"the lr sweep is not finished for {', '.join(missing)}: run the sweep stage first")
     if stage == "time_steps":
         return [(command(a, k, chosen[(a, k)]["lr_exp"], s, out, stage, time_steps=TABLE_STEPS), out)
-                for a, k in methods() for s in TABLE_SEEDS
+                for a, k in methods() for s in seeds
                 for out in [run_folder(runs_dir, stage, variant_name(a, k, chosen[(a, k)]["lr_exp"]), s)]]
     tbptt = [(a, k) for a, k in methods() if a == "tbptt"]
     if stage == "updates":
         return [(command(a, k, chosen[(a, k)]["lr_exp"], s, out, stage, updates=TABLE_STEPS,
                          eval_every=EVAL_EVERY * k), out)
-                for a, k in tbptt for s in TABLE_SEEDS
+                for a, k in tbptt for s in seeds
                 for out in [run_folder(runs_dir, stage, variant_name(a, k, chosen[(a, k)]["lr_exp"]), s)]]
     budget = ok_cpu_time(runs_dir, chosen)
     return [(command(a, k, chosen[(a, k)]["lr_exp"], s, out, stage, cpu_seconds=budget), out)
-            for a, k in tbptt for s in TABLE_SEEDS
+            for a, k in tbptt for s in seeds
             for out in [run_folder(runs_dir, stage, variant_name(a, k, chosen[(a, k)]["lr_exp"]), s)]]
 
 
@@ -233,8 +238,10 @@ def report(runs_dir: str, out_dir: str) -> str | None:
             mine = [r for r in stages.get(stage, []) if r["method"] == name]
             summaries += [r["summary"] for r in mine]
             if not mine:  # n/a: the stage runs TBPTT only
+                started = any(os.path.exists(os.path.join(run_folder(runs_dir, stage, variant_name(
+                    a, k, chosen[(a, k)]["lr_exp"]), s), "last.pt")) for s in TABLE_SEEDS)
                 row[f"T, {title}"] = row[f"{title}: time steps / updates / CPU s"] = (
-                    "n/a" if stage != "time_steps" and a != "tbptt" else "not run")
+                    "n/a" if stage != "time_steps" and a != "tbptt" else "not finished" if started else "not run")
                 continue
             row[f"T, {title}"] = common._mean_std([r["T"] for r in mine])
             if stage != "time_steps" or a == "tbptt":
@@ -253,7 +260,8 @@ def report(runs_dir: str, out_dir: str) -> str | None:
     lines = ["# OK paper, copy task: online algorithms against truncated BPTT at equal budgets (cpu)", "",
              "**Scale cpu: RHN n = 32, B = 16, OK r = 8 (symmetric split), every other setting of the "
              "`online_rtrl/copy_*` presets; not the paper setting.**", "",
-             "Measured: the curriculum T (string_memo) at the end of each run, mean ± sample std over seeds 0-2. "
+             "Measured: the curriculum T (string_memo) at the end of each run, mean ± sample std over the seeds "
+             "finished (n in each cell; the design is seeds 0-2). "
              "Online algorithms (OK, KF-RTRL, UORO) update the weights every time step; TBPTT-k once per window of "
              "k steps, backpropagating through that window. Budgets: **equal time steps** = 100k time steps for "
              "everyone (TBPTT gets 100k / k updates); **equal updates** = TBPTT for OK's 100k updates (k x 100k "
@@ -331,13 +339,15 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "online_rtrl"))
     parser.add_argument("--dry-run", action="store_true", help="print the stage's commands and run nothing")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[],
+                        help=f"run only these of the table seeds {TABLE_SEEDS} (default all)")
     args = parser.parse_args()
     if args.command == "report":
         os.makedirs(args.out, exist_ok=True)
         path = report(args.runs_dir, args.out)
         print(f"wrote {path}" if path else f"no finished sweep runs under {args.runs_dir}/fair/")
         return
-    jobs = stage_jobs(args.command, args.runs_dir)
+    jobs = stage_jobs(args.command, args.runs_dir, tuple(args.seeds))
     if args.dry_run:
         for cmd, out in jobs:
             print(("reuse " if finished(out) else "") + " ".join(cmd[2:]))

@@ -93,3 +93,18 @@ def test_sweep_keeps_the_largest_T_then_the_earliest_then_the_lowest_loss(fair, 
     assert fair.sweep_choice(runs)[("tbptt", 25)]["lr_exp"] == -4.0
     with pytest.raises(SystemExit, match="not finished for OK, KF-RTRL, TBPTT-5, TBPTT-50, TBPTT-100"):
         fair.stage_jobs("time_steps", runs)
+
+
+def test_a_stage_can_run_a_subset_of_the_table_seeds(fair, tmp_path):
+    runs = str(tmp_path)
+    for a, k in fair.methods():
+        _fake_run(fair.run_folder(runs, "sweep", fair.variant_name(a, k, -3.0), fair.SWEEP_SEED), [(5000, 2, 0.5)])
+        for e in fair.lr_grid(a):
+            if e != -3.0:
+                _fake_run(fair.run_folder(runs, "sweep", fair.variant_name(a, k, e), fair.SWEEP_SEED), [(5000, 1, 1)])
+    every = fair.stage_jobs("updates", runs)
+    only0 = fair.stage_jobs("updates", runs, (0,))
+    assert len(every) == 4 * len(fair.TABLE_SEEDS) and len(only0) == 4
+    assert all(out.endswith("seed0") for _, out in only0) and {o for _, o in only0} < {o for _, o in every}
+    with pytest.raises(SystemExit, match="among the table seeds"):
+        fair.stage_jobs("updates", runs, (100,))
