@@ -392,31 +392,34 @@ def report_matched_ptb(runs_dir: str, out_dir: str) -> str | None:
     reached = int(curves.groupby("seed").step.max().min()) if not curves.empty else 0
     rows = []
     for step in sorted(s for s in set(official.step) if s <= reached):
-        ours = curves[curves.step == step].sort_values("seed").bpc.tolist()
         at = official[official.step == step].sort_values("run")
         theirs = at.val_bpc.tolist()
-        mean = float(np.mean(ours))
-        rows.append({"steps (ours)": f"{step:,}", "val bpc per seed (ours)": ", ".join(f"{v:.4f}" for v in ours),
-                     "mean (ours)": round(mean, 4),
-                     "official: evaluated between steps": f"{int(at.logged_step_before.min()):,}-"
-                                                          f"{int(at.logged_step_after.max()):,}",
+        # the official model had between (before + 1) and (after + 1) updates: compare with ours at both ends
+        ends = sorted({int(at.logged_step_before.min()) + 1, step})
+        means = {e: float(curves[curves.step == e].bpc.mean()) for e in ends if (curves.step == e).any()}
+        lo, hi = min(means.values()), max(means.values())
+        rows.append({"official step (evaluated between)": f"{step:,} ({int(at.logged_step_before.min()):,}-"
+                                                           f"{int(at.logged_step_after.max()):,})",
+                     **{f"ours at {e // 1000}k updates": ", ".join(f"{v:.4f}" for v in curves[
+                         curves.step == e].sort_values("seed").bpc) if e in means else "not evaluated"
+                        for e in ends},
                      "official val bpc (5 runs)": ", ".join(f"{v:.4f}" for v in theirs),
                      "official mean": round(float(np.mean(theirs)), 4),
-                     "ours - official mean": round(mean - float(np.mean(theirs)), 4),
-                     "verdict": "within the official range" if min(theirs) <= mean <= max(theirs) else
-                     ("above (worse than) the official range" if mean > max(theirs) else
+                     "verdict": "within the official range" if lo <= max(theirs) and hi >= min(theirs) else
+                     ("above (worse than) the official range" if lo > max(theirs) else
                       "below (better than) the official range")})
     table = pd.DataFrame(rows)
     statuses = "; ".join(f"seed {s['seed']}: {s['status']} at step {s.get('steps') or '?'}" for _, s, _ in runs)
     lines = ["# OK paper, CHAR-PTB at paper size against the official runs at the same step", "",
              "RHN n=256, OK r=8, B=32, the official split and every other setting of the official PTB script "
-             "(`conf/experiment/online_rtrl/ptb_ok_official.yaml`), validated every 5k steps (harness choice; the "
-             "official runs validate every 10k); the budget is what fitted, a fraction of the official 1M steps. "
-             "Measured: validation bpc over the whole validation file (2 streams) at each 10k steps; official: the "
+             "(`conf/experiment/online_rtrl/ptb_ok_official.yaml`); the budget is what fitted, a fraction of the "
+             "official 1M steps. Measured: validation bpc over the whole validation file (2 streams). Official: the "
              "`VAL BPC` lines of the 5 OK runs (`results/online_rtrl/official_ptb_bpc.csv`, with the source file and "
-             f"line of each value) {OFFICIAL_SOURCE}. The official logs place each evaluation only between two "
-             "logged training steps (column 'evaluated between'), so theirs had 0-1,000 fewer updates than ours. "
-             "Verdict: whether our mean over seeds lies within the official runs' range at the same step.", "",
+             f"line of each value) {OFFICIAL_SOURCE}, nominally every 10k steps; each one is logged between two "
+             "training lines 1,000 steps apart, so the model it measured had between 9,000 and 10,000 updates (for "
+             "the 10k point), and our runs are validated at both ends of that bracket (every 1k steps: harness "
+             "choice). Verdict: within the official range if our seed-mean bpc over the bracket (the segment between "
+             "its two ends) meets the official runs' range; above or below otherwise.", "",
              f"Runs: {statuses}.", "",
              table.to_markdown(index=False) if not table.empty else "(no 10k step reached by every seed yet)", "",
              "Provenance", *_provenance(runs), ""]

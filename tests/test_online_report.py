@@ -71,13 +71,19 @@ def test_char_ptb_against_the_official_bpc_at_the_same_step(report, tmp_path):
     at10k = official[official.step == 10_000]
     assert len(at10k) == 5 and (at10k.logged_step_before == 8_999).all()
     lo, hi = at10k.val_bpc.min(), at10k.val_bpc.max()
-    rows = [{"step": 5_000, "split": "val", "bpc": 3.5}, {"step": 10_000, "split": "train", "bpc": None},
-            {"step": 10_000, "split": "val", "bpc": (lo + hi) / 2}, {"step": 20_000, "split": "val", "bpc": 2.0}]
+    at20k = official[official.step == 20_000].val_bpc
+    # 10k: ours falls from above the range (9k) to below it (10k): the segment meets it; 20k: below at both ends
+    rows = [{"step": 5_000, "split": "val", "bpc": 3.5}, {"step": 9_000, "split": "val", "bpc": hi + 0.05},
+            {"step": 10_000, "split": "train", "bpc": None}, {"step": 10_000, "split": "val", "bpc": lo - 0.05},
+            {"step": 19_000, "split": "val", "bpc": at20k.min() - 0.02},
+            {"step": 20_000, "split": "val", "bpc": at20k.min() - 0.03},
+            {"step": 30_000, "split": "val", "bpc": 9.0}]  # 30k: only one end evaluated, above
     _fake_run(tmp_path / "matched" / "ptb_ok_official" / "seed0", rows, 10**-3.5, 0)
     text = open(report.report_matched_ptb(str(tmp_path), str(tmp_path))).read()
-    table = [line for line in text.splitlines() if line.startswith("| ") and "," in line and "0" in line]
-    at = {line.split("|")[1].strip(): line for line in table}
-    assert "within the official range" in at["10,000"] and "8,999-9,999" in at["10,000"]
-    assert "below (better than) the official range" in at["20,000"]
-    assert "5,000" not in at  # the official runs have no point there
+    table = {line.split("|")[1].strip().split(" ")[0]: line for line in text.splitlines()
+             if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()}
+    assert set(table) == {"10,000", "20,000", "30,000"}  # not 5k: the official runs have no point there
+    assert "within the official range" in table["10,000"] and "(8,999-9,999)" in table["10,000"]
+    assert "below (better than) the official range" in table["20,000"]
+    assert "above (worse than) the official range" in table["30,000"] and "not evaluated" in table["30,000"]
     assert report.report_matched_ptb(str(tmp_path / "none"), str(tmp_path)) is None
