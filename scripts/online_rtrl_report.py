@@ -356,8 +356,10 @@ def report_matched(runs_dir: str, out_dir: str) -> str | None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for run, g in official.groupby("run"):
             ax.plot(g.step, g["T"], color="0.6", lw=1, label="official OK runs (5)" if run == 1 else None)
-        for (experiment, seed), g in curves.groupby(["experiment", "seed"]):
-            ax.plot(g.step, g.curriculum_T, marker="o", ms=3, label=f"{labels[experiment]}, seed {seed}")
+        palette = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no C7: grey is the official runs'
+        for i, ((experiment, seed), g) in enumerate(curves.groupby(["experiment", "seed"])):
+            ax.plot(g.step, g.curriculum_T, marker="o", ms=3, color=palette[i % len(palette)],
+                    label=f"{labels[experiment]}, seed {seed}")
         ax.set_xlabel("steps")
         ax.set_ylabel("curriculum T")
         ax.set_xlim(0, max(100_000, int(curves.step.max())))
