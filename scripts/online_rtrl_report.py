@@ -113,8 +113,9 @@ def _mean_std(values: list[float]) -> str:
     vals = [v for v in values if v is not None and np.isfinite(v)]
     if not vals:
         return "—"
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    return f"{np.mean(vals):.3g} ± {std:.2g} (n={len(vals)})"
+    if len(vals) == 1:  # no spread from one seed
+        return f"{vals[0]:.3g} (n=1)"
+    return f"{np.mean(vals):.3g} ± {float(np.std(vals, ddof=1)):.2g} (n={len(vals)})"
 
 
 def _settings(summary: dict) -> str:
