@@ -348,30 +348,11 @@ def report_matched(runs_dir: str, out_dir: str) -> str | None:
              "Provenance", *_provenance([(e, s, m) for e, _, s, m in runs]), ""]
     lines[-2] = lines[-2].replace("`runs/online_rtrl/<scale>/<task>_<algorithm>/seed<k>/`",
                                   "`<runs dir>/matched/<experiment>/seed<k>/`")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run, g in official.groupby("run"):
-            ax.plot(g.step, g["T"], color="0.6", lw=1, label="official OK runs (5)" if run == 1 else None)
-        palette = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no C7: grey is the official runs'
-        for i, ((experiment, seed), g) in enumerate(curves.groupby(["experiment", "seed"])):
-            ax.plot(g.step, g.curriculum_T, marker="o", ms=3, color=palette[i % len(palette)],
-                    label=f"{labels[experiment]}, seed {seed}")
-        ax.set_xlabel("steps")
-        ax.set_ylabel("curriculum T")
-        ax.set_xlim(0, max(100_000, int(curves.step.max())))
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "copy_matched.png"), dpi=120)
-        plt.close(fig)
+    ours = [(f"{labels[experiment]}, seed {seed}", g.step, g.curriculum_T)
+            for (experiment, seed), g in curves.groupby(["experiment", "seed"])]
+    if _matched_figure(official, "T", ours, "curriculum T", max(100_000, int(curves.step.max())),
+                       os.path.join(out_dir, "copy_matched.png")):
         lines.append("![T against steps](copy_matched.png)")
-    except ImportError:
-        print("matplotlib is not installed (pip install -e '.[plot]'): no figure", file=sys.stderr)
     path = os.path.join(out_dir, "copy_matched.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -429,32 +410,43 @@ def report_matched_ptb(runs_dir: str, out_dir: str) -> str | None:
              "Provenance", *_provenance(runs), ""]
     lines[-2] = lines[-2].replace("`runs/online_rtrl/<scale>/<task>_<algorithm>/seed<k>/`",
                                   "`<runs dir>/matched/ptb_ok_official/seed<k>/`")
+    ours = [(f"OK (official split), seed {seed}", g.step, g.bpc) for seed, g in curves.groupby("seed")]
+    if _matched_figure(official, "val_bpc", ours, "validation bpc", max(50_000, int(curves.step.max()) + 5_000),
+                       os.path.join(out_dir, "char_ptb_matched.png")):
+        lines.append("![validation bpc against steps](char_ptb_matched.png)")
+    path = os.path.join(out_dir, "char_ptb_matched.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _matched_figure(official: pd.DataFrame, official_column: str, ours: list, ylabel: str, xmax: int,
+                    path: str) -> bool:
+    """The official runs in grey and each of ours, (label, steps, values), in colour, against steps. False (and a
+    message) without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for run, g in official.groupby("run"):
-            ax.plot(g.step, g.val_bpc, color="0.6", lw=1, label="official OK runs (5)" if run == 1 else None)
-        for seed, g in curves.groupby("seed"):
-            ax.plot(g.step, g.bpc, marker="o", ms=3, label=f"OK (official split), seed {seed}")
-        ax.set_xlabel("steps")
-        ax.set_ylabel("validation bpc")
-        ax.set_xlim(0, max(50_000, int(curves.step.max()) + 5_000))
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "char_ptb_matched.png"), dpi=120)
-        plt.close(fig)
-        lines.append("![validation bpc against steps](char_ptb_matched.png)")
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[plot]'): no figure", file=sys.stderr)
-    path = os.path.join(out_dir, "char_ptb_matched.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, g in official.groupby("run"):
+        ax.plot(g.step, g[official_column], color="0.6", lw=1, label="official OK runs (5)" if run == 1 else None)
+    palette = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no C7: grey is the official runs'
+    for i, (label, steps, values) in enumerate(ours):
+        ax.plot(steps, values, marker="o", ms=3, color=palette[i % len(palette)], label=label)
+    ax.set_xlabel("steps")
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, xmax)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _figure(curves: pd.DataFrame, column: str, ylabel: str, path: str, reference: dict, reference_label: str) -> None:

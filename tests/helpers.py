@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
 from collections import Counter
@@ -12,6 +13,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = str(REPO / "conf")
 SHARED_DATA = Path(os.environ.get("RNNREPRO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def load_script(name: str):
+    """Imports scripts/<name>.py as a module (the scripts are not a package), for testing its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

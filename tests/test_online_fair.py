@@ -3,24 +3,19 @@ learning-rate selection of the sweep (on run folders written here in the real su
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pandas as pd
 import pytest
 
+from helpers import load_script
 from rnnrepro.config import validate
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "online_rtrl_fair.py")
 
 
 @pytest.fixture(scope="module")
 def fair():
-    spec = importlib.util.spec_from_file_location("online_rtrl_fair", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("online_rtrl_fair")
 
 
 def _overrides(cmd: list[str]) -> dict[str, str]:

@@ -3,22 +3,18 @@ folders written here in the real metrics.csv / summary.json / config.yaml layout
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import pandas as pd
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "online_rtrl_report.py")
+from helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("online_rtrl_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("online_rtrl_report")
 
 
 def _fake_run(folder, rows: list[dict], lr: float, seed: int) -> None:

@@ -3,7 +3,6 @@ synthetic curves with known answers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from helpers import REPO
+from helpers import REPO, load_script
 
 SCRIPT = REPO / "scripts" / "sbo_adding_report.py"
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.eval_batch_size=32", "model.hidden_size=8",
@@ -20,10 +19,7 @@ TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.eval_batch_s
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("sbo_adding_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sbo_adding_report")
 
 
 def _script(*args: str, runs) -> subprocess.CompletedProcess:
