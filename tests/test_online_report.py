@@ -3,6 +3,7 @@ folders written here in the real metrics.csv / summary.json / config.yaml layout
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -60,6 +61,8 @@ def test_copy_verdicts_and_the_baselines_table(report, tmp_path):
     assert "copy_unknown" not in text and "abc1234567"[:10] in text
     assert set(pd.read_csv(out / "copy_matched.csv").experiment) == {"copy_ok_official", "copy_kf_rtrl",
                                                                       "copy_tbptt_k25"}
+    if importlib.util.find_spec("matplotlib"):  # the figure: written and linked from the table
+        assert (out / "copy_matched.png").stat().st_size > 0 and "](copy_matched.png)" in text
 
 
 def test_char_ptb_against_the_official_bpc_at_the_same_step(report, tmp_path):
@@ -82,4 +85,6 @@ def test_char_ptb_against_the_official_bpc_at_the_same_step(report, tmp_path):
     assert "within the official range" in table["10,000"] and "(8,999-9,999)" in table["10,000"]
     assert "below (better than) the official range" in table["20,000"]
     assert "above (worse than) the official range" in table["30,000"] and "not evaluated" in table["30,000"]
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "char_ptb_matched.png").stat().st_size > 0 and "](char_ptb_matched.png)" in text
     assert report.report_matched_ptb(str(tmp_path / "none"), str(tmp_path)) is None
