@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -85,6 +86,32 @@ def test_char_ptb_against_the_official_bpc_at_the_same_step(report, tmp_path):
     assert "within the official range" in table["10,000"] and "(8,999-9,999)" in table["10,000"]
     assert "below (better than) the official range" in table["20,000"]
     assert "above (worse than) the official range" in table["30,000"] and "not evaluated" in table["30,000"]
+    assert "(no training row yet)" in text  # these rows have no training loss
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "char_ptb_matched.png").stat().st_size > 0 and "](char_ptb_matched.png)" in text
     assert report.report_matched_ptb(str(tmp_path / "none"), str(tmp_path)) is None
+
+
+def test_char_ptb_training_ema_against_the_official_training_lines(report, tmp_path):
+    official = pd.read_csv(report.OFFICIAL_PTB_TRAIN_CURVE)
+    at = {u: official[official.updates == u].train_bpc_ema for u in (9_000, 10_000)}
+    assert len(at[10_000]) == 5 and (official.updates == official.step + 1).all()
+    # a loss constant over the first 9k steps makes the EMA exact: 0.999^9000 + (1 - 0.999^9000) * bits
+    keep = report.EMA_DECAY ** 9_000
+    target = float(at[9_000].mean())  # inside the official range at 9k
+    bits = (target - keep) / (1 - keep)
+    rows = [{"step": 9_000, "split": "train", "loss": bits * np.log(2)},
+            {"step": 9_000, "split": "val", "bpc": 3.0},
+            {"step": 10_000, "split": "train", "loss": 9.0},  # far above the range at 10k
+            {"step": 10_000, "split": "val", "bpc": 3.0}]
+    _fake_run(tmp_path / "matched" / "ptb_ok_official" / "seed0", rows, 10**-3.5, 0)
+    text = open(report.report_matched_ptb(str(tmp_path), str(tmp_path))).read()
+    section = text[text.index("## The training curve"):text.index("Provenance")]
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in section.splitlines() if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()}
+    assert set(table) == {"9,000", "10,000"}
+    assert table["9,000"][1] == f"{target:.4f}" and table["9,000"][3] == "+0.0000" and table["9,000"][4] == "within"
+    expected_10k = 0.999**1000 * target + (1 - 0.999**1000) * 9.0 / np.log(2)  # 9 nats, in bits
+    assert float(table["10,000"][1]) == pytest.approx(expected_10k, abs=1e-4) and table["10,000"][4] == "above"
+    saved = pd.read_csv(tmp_path / "char_ptb_matched_train.csv")
+    assert list(saved.step) == [9_000, 10_000] and saved.train_bpc_ema_approx[0] == pytest.approx(target)
