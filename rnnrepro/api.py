@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rnnrepro import config_diff
 from rnnrepro.config import ConfigError, validate
 from rnnrepro.data import build_datamodule
 from rnnrepro.loggers import CSVLogger, WandbMirror
@@ -58,11 +60,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = resolve_output_dir(cfg)
     os.makedirs(output_dir, exist_ok=True)
     resume_path = checkpoint.find_resume_checkpoint(cfg.resume, output_dir) if cfg.resume else None
+    config_changes: list[str] = []
     if resume_path is None:
         existing = [f for f in RUN_ARTIFACTS if os.path.exists(os.path.join(output_dir, f))]
-        if existing:
+        if existing and cfg.resume in ("auto", "force"):
+            _set_aside_unstarted(output_dir)  # it died before its first checkpoint: nothing to continue
+        elif existing:
             raise ConfigError(f"output dir {output_dir} already holds a run ({', '.join(existing)}); pass "
                               "resume=auto to continue it, or choose another hydra.run.dir / output_dir")
+    else:
+        config_changes = _check_resume_config(cfg, resume_path)
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     device = select_device(str(cfg.trainer.device))
@@ -122,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # a resumed run was trained by several processes, possibly at different SHAs: record each one
     trainer.p.segments.append({"from_step": trainer.p.step, "git_sha": sha, "git_dirty": dirty,
                                "started_at": summary["started_at"], "device_name": summary["device_name"],
-                               "torch_version": torch.__version__})
+                               "torch_version": torch.__version__, "config_changes": config_changes})
     summary["segments"] = trainer.p.segments
     log.info("%s | %s on %s | %d params (%d free) | %s | output %s", cfg.meta.experiment, cfg.model.name,
              cfg.data.name, params, params_free, summary["device_name"], output_dir)
@@ -150,6 +157,54 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s: best val %s %s | test at best val %s | test last %s | %.0f s", summary["status"], task.metric,
              summary["best_val"], summary["test_at_best_val"], summary["test_last"], summary["wall_time_s"])
     return summary
+
+
+def _check_resume_config(cfg: DictConfig, resume_path: str) -> list[str]:
+    """Compares the run's saved config.yaml with this request before anything is written. A raised budget
+    (config_diff.BUDGET_KEYS) continues; any other difference is refused, listing the keys, unless resume=force.
+    Returns the accepted changes, recorded in the run's segments."""
+    saved_path = os.path.join(os.path.dirname(os.path.abspath(resume_path)), "config.yaml")
+    if not os.path.exists(saved_path):
+        log.warning("resume: no config.yaml beside %s, so the settings it was trained with cannot be checked",
+                    resume_path)
+        return []
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False)
+    changes = config_diff.config_changes(cfg, saved)
+    had, wanted = config_diff.flatten(saved), config_diff.flatten(OmegaConf.to_container(cfg, resolve=True))
+    refused = [text for key, text in changes.items()
+               if not (key in config_diff.BUDGET_KEYS and config_diff.budget_grows(had.get(key), wanted.get(key)))]
+    if refused and cfg.resume != "force":
+        raise ConfigError(f"resume: the run in {os.path.dirname(saved_path)} was trained with other settings, and "
+                          f"continuing it under these would mislabel it: {'; '.join(refused)}. Resume with the run's "
+                          "own settings (only the budgets trainer.max_steps / max_epochs / max_time_s / "
+                          "max_cpu_time_s may be raised), start a new output_dir, or pass resume=force to continue "
+                          "under the new settings (recorded in summary.json's segments)")
+    if refused:
+        log.warning("resume=force: continuing under changed settings: %s", "; ".join(refused))
+    return list(changes.values())
+
+
+def _set_aside_unstarted(output_dir: str) -> None:
+    """resume=auto on a run that stopped before its first last.pt (killed at startup or in its first checkpoint
+    write): it holds nothing to continue, so it restarts from step 0. A finished run is never restarted, and the
+    earlier files are kept, renamed <name>.unstarted-<UTC time><ext> (outside the names the readers collect)."""
+    summary_path = os.path.join(output_dir, "summary.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            status = json.load(f).get("status")
+        if status in ("completed", "diverged"):
+            raise ConfigError(f"output dir {output_dir} holds a {status} run whose last.pt is missing: it cannot be "
+                              "continued and is not restarted over; choose another hydra.run.dir / output_dir")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = []
+    for name in (*RUN_ARTIFACTS, "config.yaml", "best.pt"):
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            stem, ext = os.path.splitext(name)
+            os.replace(path, os.path.join(output_dir, f"{stem}.unstarted-{stamp}{ext}"))
+            kept.append(name)
+    log.warning("resume=auto: %s stopped before its first checkpoint; starting it from step 0 (its %s are kept "
+                "as *.unstarted-%s.*)", output_dir, ", ".join(kept), stamp)
 
 
 def _finish(summary: dict, trainer: Trainer, output_dir: str) -> None:

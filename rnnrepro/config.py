@@ -139,7 +139,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     seed: int = 0
-    resume: str | None = None  # null | auto | path to last.pt or to a run directory
+    resume: str | None = None  # null | auto | force | path to last.pt or to a run directory
     output_dir: str | None = None  # null: Hydra's runtime output dir
 
 

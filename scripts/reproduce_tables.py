@@ -10,8 +10,8 @@ outside the checkout for runs that span sessions).
 Reuse is decided from the resolved config, not from the override strings: the request is composed in-process and
 compared with the run's config.yaml, leaving out keys that do not change results (data.root, threads, logging). A key
 that the run's config lacks was added to a schema after the run; it matches when the request holds that key's schema
-default (new features default to off), or, for the keys in LEGACY_BEHAVIOUR whose default is not the old behaviour
-(trainer.flush_denormal), the old value. Then:
+default (new features default to off), or, for the keys whose default is not the old behaviour
+(`rnnrepro.config_diff.LEGACY_BEHAVIOUR`: trainer.flush_denormal), the old value. Then:
 
 - same config, finished (completed / diverged): reused;
 - same config, interrupted (last.pt): resumed;
@@ -32,7 +32,6 @@ written to <table>.smoke.md and labelled as a pipeline check.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import fnmatch
 import json
@@ -50,6 +49,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from rnnrepro.config_diff import config_differences  # noqa: E402
 from rnnrepro.results.aggregate import (  # noqa: E402
     list_papers,
     load_curves,
@@ -105,12 +105,6 @@ def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str], only: lis
     return runs
 
 
-# Keys that do not change what a run computes: where data lives, threads, progress output, logging mirrors.
-IGNORED_KEYS = ("data.root", "data.download", "data.num_workers", "trainer.num_threads", "trainer.progress_bar",
-                "trainer.log_every_s", "trainer.checkpoint", "logger", "output_dir", "resume", "meta.seeds",
-                "meta.reduced")  # meta.reduced: the overrides it lists are compared where they apply
-
-
 _COMPOSE_LOCK = threading.Lock()  # Hydra's global state is not thread-safe (runs are planned from a thread pool)
 
 
@@ -122,61 +116,6 @@ def compose_request(overrides: list[str]):
 
     with _COMPOSE_LOCK, initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         return compose("config", overrides=list(overrides))
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): node}
-
-
-def _ignored(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
-
-
-# Keys whose schema default is not what the code did before the key existed: a run that predates the key matches
-# only a request holding this value.
-LEGACY_BEHAVIOUR = {"trainer.flush_denormal": False}
-
-
-def _schema_default(cfg, key: str):
-    """The dataclass default of ``key`` in the schema behind the composed config; a sentinel when it has none."""
-    from omegaconf import OmegaConf
-
-    *parents, leaf = key.split(".")
-    node = cfg
-    for part in parents:
-        node = node._get_node(part)
-    schema = OmegaConf.get_type(node)
-    if dataclasses.is_dataclass(schema):
-        default = OmegaConf.to_container(OmegaConf.structured(schema), resolve=False, enum_to_str=True).get(leaf, ...)
-        return default
-    return ...
-
-
-def config_differences(request_cfg, saved: dict) -> list[str]:
-    """Keys on which a composed request and a run's resolved config.yaml differ (ignoring IGNORED_KEYS)."""
-    from omegaconf import OmegaConf
-
-    wanted = _flatten(OmegaConf.to_container(request_cfg, resolve=True, enum_to_str=True))
-    have = _flatten(saved)
-    diffs = []
-    for key in sorted(set(wanted) | set(have)):
-        if _ignored(key):
-            continue
-        if key not in have:  # added to a schema after the run: the run behaved as the schema default
-            default = LEGACY_BEHAVIOUR.get(key, ...)
-            default = _schema_default(request_cfg, key) if default is ... else default
-            if default is ... or default != wanted[key]:
-                diffs.append(f"{key}: the run predates this key; requested {wanted[key]!r}")
-        elif key not in wanted:
-            diffs.append(f"{key}: the run had {have[key]!r}; the key no longer exists")
-        elif wanted[key] != have[key]:
-            diffs.append(f"{key}: the run had {have[key]!r}, requested {wanted[key]!r}")
-    return diffs
 
 
 def run_state(run: dict) -> tuple[str, list[str]]:

@@ -138,6 +138,75 @@ def test_resume_auto_without_checkpoint_starts_fresh(compose_cfg, tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 2
 
 
+def _crashed_run(compose_cfg, monkeypatch, out, *overrides, at_step=3):
+    with monkeypatch.context() as patch:
+        crash_after(patch, at_step)
+        with pytest.raises(KeyboardInterrupt):
+            run(compose_cfg(*overrides, output_dir=out))
+
+
+def test_resume_with_other_settings_is_refused_before_anything_is_written(compose_cfg, tmp_path, monkeypatch):
+    common = ["trainer.max_steps=6", "trainer.eval_every_n_steps=2", "optimizer.lr=0.01"]
+    out = tmp_path / "run"
+    _crashed_run(compose_cfg, monkeypatch, out, *common)
+    files = {name: (out / name).read_bytes() for name in ("config.yaml", "metrics.csv", "summary.json", "last.pt")}
+    changed = [o for o in common if not o.startswith("optimizer.lr")] + ["optimizer.lr=0.5", "seed=1"]
+    with pytest.raises(ConfigError, match=r"optimizer\.lr: the run had 0\.01, requested 0\.5.*seed: the run had 0"):
+        run(compose_cfg(*changed, "resume=auto", output_dir=out))
+    shrunk = common[1:] + ["trainer.max_steps=4"]  # a budget may be raised, never lowered
+    with pytest.raises(ConfigError, match="trainer.max_steps: the run had 6, requested 4"):
+        run(compose_cfg(*shrunk, "resume=auto", output_dir=out))
+    assert {name: (out / name).read_bytes() for name in files} == files  # config.yaml included: nothing rewritten
+
+
+def test_resume_may_raise_the_budget_and_force_records_other_changes(compose_cfg, tmp_path, monkeypatch):
+    common = ["trainer.eval_every_n_steps=2", "optimizer.lr=0.01", "trainer.deterministic=true", "trainer.max_epochs=3"]
+    reference = run(compose_cfg(*common, "trainer.max_steps=8", output_dir=tmp_path / "ref"))
+    out = tmp_path / "run"
+    _crashed_run(compose_cfg, monkeypatch, out, *common, "trainer.max_steps=6")
+    raised = run(compose_cfg(*common, "trainer.max_steps=8", "resume=auto", output_dir=out))
+    assert raised["steps"] == 8 and raised["segments"][-1]["config_changes"] == [
+        "trainer.max_steps: the run had 6, requested 8"]
+    for key in ("best_val", "best_step", "test_at_best_val", "test_last"):
+        assert raised[key] == reference[key], key  # the same run, continued to the larger budget
+
+    forced_dir = tmp_path / "forced"
+    _crashed_run(compose_cfg, monkeypatch, forced_dir, *common, "trainer.max_steps=6")
+    forced = run(compose_cfg(common[0], "optimizer.lr=0.02", *common[2:], "trainer.max_steps=6",
+                             "resume=force", output_dir=forced_dir))
+    assert forced["status"] == "completed"
+    assert forced["segments"][0]["config_changes"] == []
+    assert forced["segments"][1]["config_changes"] == ["optimizer.lr: the run had 0.01, requested 0.02"]
+
+
+def test_resume_auto_restarts_a_run_that_died_before_its_first_checkpoint(compose_cfg, tmp_path, monkeypatch):
+    common = ["trainer.max_steps=4", "trainer.eval_every_n_steps=4", "trainer.deterministic=true"]
+    out = tmp_path / "run"
+    _crashed_run(compose_cfg, monkeypatch, out, *common, at_step=2)  # before the first evaluation and checkpoint
+    assert not (out / "last.pt").exists() and (out / "summary.json").exists()
+    crashed = (out / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):  # without resume: refused, as before
+        run(compose_cfg(*common, output_dir=out))
+    summary = run(compose_cfg(*common, "resume=auto", output_dir=out))
+    reference = run(compose_cfg(*common, output_dir=tmp_path / "ref"))
+    assert summary["status"] == "completed" and summary["steps"] == 4 and len(summary["segments"]) == 1
+    for key in ("best_val", "test_at_best_val", "test_last"):
+        assert summary[key] == reference[key], key
+    kept = sorted(p.name for p in out.glob("*.unstarted-*"))  # the earlier attempt's files, renamed, not deleted
+    assert [name.split(".unstarted-")[0] for name in kept] == ["config", "summary"]
+    assert next(out.glob("summary.unstarted-*.json")).read_text() == crashed
+
+
+def test_resume_auto_never_restarts_a_finished_run_without_its_checkpoint(compose_cfg, tmp_path):
+    out = tmp_path / "run"
+    run(compose_cfg(output_dir=out))
+    (out / "last.pt").unlink()
+    before = (out / "summary.json").read_text()
+    with pytest.raises(ConfigError, match="holds a completed run whose last.pt is missing"):
+        run(compose_cfg("resume=auto", output_dir=out))
+    assert (out / "summary.json").read_text() == before and not list(out.glob("*.unstarted-*"))
+
+
 def test_resume_from_missing_path_names_the_fix(compose_cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="resume=auto"):
         run(compose_cfg(f"resume={tmp_path / 'nowhere'}", output_dir=tmp_path / "x"))

@@ -27,8 +27,9 @@ def load(path: str) -> dict:
 
 
 def find_resume_checkpoint(resume: str, output_dir: str) -> str | None:
-    """resume=auto: <output_dir>/last.pt if present, else None (a fresh start). Otherwise a file or run dir."""
-    if resume == "auto":
+    """resume=auto (or force): <output_dir>/last.pt if present, else None (a fresh start). Otherwise a file or run
+    dir."""
+    if resume in ("auto", "force"):
         path = os.path.join(output_dir, "last.pt")
         return path if os.path.exists(path) else None
     path = os.path.join(resume, "last.pt") if os.path.isdir(resume) else resume
