@@ -232,7 +232,28 @@ def test_nan_loss_stops_with_diverged_and_keeps_last_good_checkpoint(compose_cfg
     last = torch.load(out / "last.pt", weights_only=False)
     assert last["progress"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
-    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    assert _strict_json(out / "summary.json")["status"] == "diverged"
+
+
+def _strict_json(path):
+    def refuse(name):
+        raise ValueError(f"{path}: bare {name}, which strict JSON parsers reject")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_summary_json_is_strict_with_non_finite_values_named(tmp_path):
+    from rnnrepro.results.summary import write_json_atomic
+
+    path = tmp_path / "summary.json"
+    write_json_atomic({"best_val": float("nan"), "loss": 1.5, "segments": [{"x": float("inf")}],
+                       "test": {"acc": float("-inf"), "n": 3}}, str(path))
+    on_disk = _strict_json(path)
+    assert on_disk["best_val"] is None and on_disk["loss"] == 1.5 and on_disk["segments"] == [{"x": None}]
+    assert on_disk["test"] == {"acc": None, "n": 3}
+    assert on_disk["nonfinite_fields"] == ["best_val", "segments[0].x", "test.acc"]
+    write_json_atomic({"loss": 1.5}, str(path))
+    assert "nonfinite_fields" not in _strict_json(path)
 
 
 def test_seed_zero_is_a_seed(compose_cfg, tmp_path):

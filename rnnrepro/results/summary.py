@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -55,10 +56,28 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
+def _finite_or_none(node, where: str, found: list[str]):
+    """A copy with each NaN/Inf float replaced by None, its dotted path appended to ``found``."""
+    if isinstance(node, float) and not math.isfinite(node):
+        found.append(where)
+        return None
+    if isinstance(node, dict):
+        return {k: _finite_or_none(v, f"{where}.{k}" if where else str(k), found) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_finite_or_none(v, f"{where}[{i}]", found) for i, v in enumerate(node)]
+    return node
+
+
 def write_json_atomic(obj: dict, path: str) -> None:
+    """Strict JSON (no bare NaN, which parsers reject): a non-finite number is written as null and its field named in
+    ``nonfinite_fields``."""
+    found: list[str] = []
+    clean = _finite_or_none(obj, "", found)
+    if found:
+        clean["nonfinite_fields"] = found
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        json.dump(clean, f, indent=2, sort_keys=False, default=str, allow_nan=False)
         f.write("\n")
     os.replace(tmp, path)
 
