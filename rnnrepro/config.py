@@ -10,7 +10,9 @@ and the cross-component checks before any data is touched.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import os
 import pkgutil
 from dataclasses import dataclass, field
 from enum import Enum
@@ -170,7 +172,17 @@ def validate(cfg: DictConfig) -> Config:
     _check_algorithm_fits(typed)
     _check_schedule(typed)
     _check_curriculum(cfg)
+    _check_resume(cfg.get("resume"))
     return typed
+
+
+def _check_resume(resume) -> None:
+    if resume is None or resume in ("auto", "force") or os.path.exists(str(resume)):
+        return
+    hint = next((f" (did you mean resume={word}?)" for word in ("auto", "force")
+                 if difflib.SequenceMatcher(None, str(resume), word).ratio() >= 0.6), "")
+    raise ConfigError(f"resume={resume!r}: not auto, force or an existing path{hint}. resume=auto continues the run "
+                      "in the output dir (a fresh start if it has none); a path names a last.pt or a run directory")
 
 
 def _check_curriculum(cfg: DictConfig) -> None:

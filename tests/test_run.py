@@ -208,8 +208,11 @@ def test_resume_auto_never_restarts_a_finished_run_without_its_checkpoint(compos
 
 
 def test_resume_from_missing_path_names_the_fix(compose_cfg, tmp_path):
-    with pytest.raises(FileNotFoundError, match="resume=auto"):
+    with pytest.raises(ConfigError, match="not auto, force or an existing path. resume=auto continues"):
         run(compose_cfg(f"resume={tmp_path / 'nowhere'}", output_dir=tmp_path / "x"))
+    with pytest.raises(ConfigError, match=r"did you mean resume=auto\?"):
+        validate(compose_cfg("resume=aut"))
+    assert not (tmp_path / "x").exists()  # refused before the output dir is made
 
 
 def test_nan_loss_stops_with_diverged_and_keeps_last_good_checkpoint(compose_cfg, tmp_path, monkeypatch):
