@@ -85,6 +85,8 @@ class TrainerConfig:
         require(self.eval_every_n_steps is None or self.eval_every_n_steps >= 1, "trainer.eval_every_n_steps",
                 f"must be >= 1 or null, got {self.eval_every_n_steps}")
         require(self.log_every_s >= 0, "trainer.log_every_s", f"must be >= 0, got {self.log_every_s}")
+        require(self.num_threads is None or self.num_threads >= 1, "trainer.num_threads",
+                f"must be >= 1 or null (torch's default), got {self.num_threads}")
         require(self.stability_probe_every >= 0, "trainer.stability_probe_every",
                 f"must be >= 0 (0: off), got {self.stability_probe_every}")
         require(self.stability_probe_points >= 1 and self.stability_probe_iterations >= 1,
@@ -173,6 +175,7 @@ def validate(cfg: DictConfig) -> Config:
     _check_schedule(typed)
     _check_curriculum(cfg)
     _check_resume(cfg.get("resume"))
+    require(0 <= typed.seed < 2**32, "seed", f"must be in [0, 2**32 - 1] (numpy's seed range), got {typed.seed}")
     return typed
 
 

@@ -69,6 +69,12 @@ def test_invalid_enum_value_lists_allowed_values(compose_cfg):
         (["trainer.grad_clip=-1"], "trainer.grad_clip"),
         (["trainer.device=tpu"], "trainer.device"),
         (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum"),
+        (["seed=-1"], "seed"),
+        ([f"seed={2**32}"], "seed"),
+        (["data.num_workers=-1"], "data.num_workers"),
+        (["trainer.num_threads=-1"], "trainer.num_threads"),
+        (["trainer.num_threads=0"], "trainer.num_threads"),
+        (["resume=aut"], "resume"),
     ],
 )
 def test_invalid_values_fail_validation_naming_the_key(compose_cfg, overrides, key):

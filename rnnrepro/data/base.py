@@ -53,6 +53,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        require(self.num_workers >= 0, "data.num_workers", f"must be >= 0 (0: load in the main process), got "
+                f"{self.num_workers}")
 
 
 @dataclass
