@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import logging
 import os
+import signal
 import socket
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -28,6 +32,18 @@ from rnnrepro.training.trainer import Trainer
 log = logging.getLogger("rnnrepro")
 
 RUN_ARTIFACTS = ("metrics.csv", "summary.json", "last.pt")
+RUN_FILES = (*RUN_ARTIFACTS, "config.yaml", "best.pt")  # every file a run writes: none is overwritten unasked
+LOCK = ".lock"
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR2") if hasattr(signal, name))
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after writing last.pt and a summary with status interrupted. ``previous`` is
+    the handler that was installed before (a job scheduler's), for run.py to hand the signal on to."""
+
+    def __init__(self, signum: int, previous: dict, message: str) -> None:
+        super().__init__(message)
+        self.signum, self.previous = signum, previous
 
 
 def resolve_output_dir(cfg: DictConfig) -> str:
@@ -59,15 +75,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)  # every range check, before any work
     output_dir = resolve_output_dir(cfg)
     os.makedirs(output_dir, exist_ok=True)
+    with run_dir_lock(output_dir):
+        return _run_locked(cfg, output_dir)
+
+
+def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
+    _remove_partial_checkpoints(output_dir)
     resume_path = checkpoint.find_resume_checkpoint(cfg.resume, output_dir) if cfg.resume else None
     config_changes: list[str] = []
     if resume_path is None:
-        existing = [f for f in RUN_ARTIFACTS if os.path.exists(os.path.join(output_dir, f))]
+        existing = [f for f in RUN_FILES if os.path.exists(os.path.join(output_dir, f))]
         if existing and cfg.resume in ("auto", "force"):
             _set_aside_unstarted(output_dir)  # it died before its first checkpoint: nothing to continue
         elif existing:
-            raise ConfigError(f"output dir {output_dir} already holds a run ({', '.join(existing)}); pass "
-                              "resume=auto to continue it, or choose another hydra.run.dir / output_dir")
+            raise ConfigError(f"output dir {output_dir} already holds files a run writes ({', '.join(existing)}), "
+                              "which this run would overwrite; pass resume=auto to continue a run of this harness "
+                              "there, or choose another hydra.run.dir / output_dir")
     else:
         config_changes = _check_resume_config(cfg, resume_path)
     if cfg.trainer.num_threads:
@@ -134,10 +157,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s | %s on %s | %d params (%d free) | %s | output %s", cfg.meta.experiment, cfg.model.name,
              cfg.data.name, params, params_free, summary["device_name"], output_dir)
     try:
-        outcome = trainer.fit()
+        with stop_on_signals(trainer) as previous_handlers:
+            outcome = trainer.fit()
+        if outcome["status"] == "interrupted":
+            summary.update(outcome)
+            _finish(summary, trainer, output_dir)
+            raise Interrupted(trainer.stop_signal, previous_handlers, outcome["error"])
         tests = trainer.test(diverged=outcome["status"] == "diverged")
+    except Interrupted:
+        raise
     except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        # Ctrl-C (or a kill the process survives) is an interruption; anything else a failure
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        summary.update(status=status, error=f"{type(err).__name__}: {err}")
         _finish(summary, trainer, output_dir)
         raise
     summary.update(outcome)
@@ -184,6 +216,94 @@ def _check_resume_config(cfg: DictConfig, resume_path: str) -> list[str]:
     return list(changes.values())
 
 
+@contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGTERM (SLURM's notice before preemption or the time limit) and SIGUSR2 (submitit's) ask the trainer to
+    stop at the next batch boundary and write last.pt. Yields the handlers replaced, restored on exit."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield {}
+        return
+
+    def request_stop(signum, frame):
+        if trainer.stop_signal is None:
+            log.warning("%s received: stopping after this batch", signal.Signals(signum).name)
+        trainer.stop_signal = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+    try:
+        yield previous
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def run_dir_lock(output_dir: str):
+    """<output_dir>/.lock holds the PID, host and SLURM job of the run writing there. A second run refuses at once;
+    a lock whose process is gone (same host, or the same SLURM job requeued) is taken over with a warning."""
+    path = os.path.join(output_dir, LOCK)
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if attempt or not _lock_is_stale(holder, mine):
+                raise ConfigError(
+                    f"output dir {output_dir} is in use by the run of PID {holder.get('pid')} on host "
+                    f"{holder.get('host')} (since {holder.get('since')}; {path}). Wait for it, or choose another "
+                    "hydra.run.dir / output_dir. If that process is gone (a crashed node), delete the .lock file"
+                ) from None
+            log.warning("output dir %s: taking over the stale lock of PID %s on host %s (since %s): that process "
+                        "is gone", output_dir, holder.get("pid"), holder.get("host"), holder.get("since"))
+            os.remove(path)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        break
+    try:
+        yield
+    finally:
+        if _read_lock(path).get("pid") == mine["pid"] and _read_lock(path).get("host") == mine["host"]:
+            os.remove(path)
+
+
+def _read_lock(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}  # unreadable or half-written (its writer was killed): no process can be named
+
+
+def _lock_is_stale(holder: dict, mine: dict) -> bool:
+    if not holder:
+        return True
+    if holder.get("slurm_job_id") and holder.get("slurm_job_id") == mine["slurm_job_id"]:
+        return True  # this SLURM job, requeued: its earlier process is gone, possibly on another node
+    if holder.get("host") != mine["host"]:
+        return False  # another machine's process cannot be checked from here
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+def _remove_partial_checkpoints(output_dir: str) -> None:
+    """Temp files of checkpoint writes that were killed (checkpoint.save_atomic). The lock is held, so no live
+    writer owns them."""
+    partial = glob.glob(os.path.join(output_dir, ".tmp-*.pt"))
+    for path in partial:
+        os.remove(path)
+    if partial:
+        log.warning("removed %d partial checkpoint file(s) left by a killed write: %s", len(partial),
+                    ", ".join(os.path.basename(p) for p in partial))
+
+
 def _set_aside_unstarted(output_dir: str) -> None:
     """resume=auto on a run that stopped before its first last.pt (killed at startup or in its first checkpoint
     write): it holds nothing to continue, so it restarts from step 0. A finished run is never restarted, and the
@@ -197,7 +317,7 @@ def _set_aside_unstarted(output_dir: str) -> None:
                               "continued and is not restarted over; choose another hydra.run.dir / output_dir")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     kept = []
-    for name in (*RUN_ARTIFACTS, "config.yaml", "best.pt"):
+    for name in RUN_FILES:
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
             stem, ext = os.path.splitext(name)

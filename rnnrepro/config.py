@@ -107,14 +107,16 @@ class WandbMode(str, Enum):
 class LoggerConfig:
     name: str = "csv"
     # W&B mirror settings; used only when name == "wandb". CSV and JSON are always written.
-    mode: WandbMode = WandbMode.online
+    mode: WandbMode | None = None  # null: W&B's own choice ($WANDB_MODE if set, else online)
     project: str = "rnnrepro"
     entity: str | None = None
     group: str | None = None
     tags: list = field(default_factory=list)
+    init_timeout_s: float = 30.0  # an unreachable server stops the mirror after this, and the run goes on CSV-only
 
     def __post_init__(self) -> None:
         require(self.name in ("csv", "wandb"), "logger.name", f"must be csv or wandb, got {self.name!r}")
+        require(self.init_timeout_s > 0, "logger.init_timeout_s", f"must be > 0, got {self.init_timeout_s}")
 
 
 @dataclass

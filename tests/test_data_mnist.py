@@ -194,9 +194,80 @@ def test_download_path_verifies_checksums_of_placed_files(compose_cfg, tmp_path,
 
 @pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").exists(), reason="shared real MNIST digits not present")
 def test_real_digits_load_with_expected_sizes(compose_cfg):
-    data = _data(compose_cfg, f"data.root={SHARED_DATA}", "data.pixels_per_step=1")
+    data = _data(compose_cfg, f"data.root={SHARED_DATA}", "data.pixels_per_step=1", "data.verify_checksums=false")
     sizes = data.describe()["sizes"]
     assert sizes == {"train": 6400, "val": 1600, "test": 2000}
     batch = next(data.eval_batches("test"))
     assert batch["x"].shape[1:] == (784, 1)
     assert set(data.labels.tolist()) == set(range(10))
+
+
+# ------------------------------------------------------------------------------ file checks (issue 13, fault 5)
+FULL = SHARED_DATA / "mnist-full" / "MNIST" / "raw"
+RAW_NAMES = [f"{p}-{k}-ubyte" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+
+
+def _full_copy(tmp_path, replace: dict):
+    """A data root whose raw files link to the full official MNIST, except the ones replaced: name -> a function of
+    the official file's bytes."""
+    if not FULL.exists():
+        pytest.skip("the full official MNIST (shared data folder) is not present")
+    raw = tmp_path / "full" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_NAMES:
+        if name in replace:
+            (raw / name).write_bytes(replace[name]((FULL / name).read_bytes()))
+        else:
+            (raw / name).symlink_to(FULL / name)
+    return tmp_path / "full"
+
+
+def test_full_mnist_passes_the_canonical_check(compose_cfg, tmp_path):
+    data = _data(compose_cfg, f"data.root={_full_copy(tmp_path, {})}")
+    assert data.describe()["files_checked"] == "canonical"
+    assert data.describe()["sizes"] == {"train": 48000, "val": 12000, "test": 10000}
+
+
+def test_train_labels_replaced_by_test_labels_are_refused(compose_cfg, tmp_path):
+    root = _full_copy(tmp_path, {"train-labels-idx1-ubyte": lambda _: (FULL / "t10k-labels-idx1-ubyte").read_bytes()})
+    for verify in ("true", "false"):  # the counts are checked even without checksums
+        with pytest.raises(DataNotFoundError, match="train-images holds 60000 images .* and train-labels 10000"):
+            _data(compose_cfg, f"data.root={root}", f"data.verify_checksums={verify}")
+
+
+def test_changed_label_fails_the_md5_naming_the_file_unless_checks_are_off(compose_cfg, tmp_path):
+    def change_one_label(body):
+        labels = bytearray(body)
+        labels[100] = (labels[100] + 1) % 10
+        return bytes(labels)
+
+    root = _full_copy(tmp_path, {"train-labels-idx1-ubyte": change_one_label})
+    with pytest.raises(DataNotFoundError, match=r"train-labels-idx1-ubyte differs from the canonical MNIST .*"
+                                                r"expected a25bea736e30d166cdddb491f175f624"):
+        _data(compose_cfg, f"data.root={root}")
+    data = _data(compose_cfg, f"data.root={root}", "data.verify_checksums=false")
+    assert data.describe()["files_checked"] == "not checked (data.verify_checksums=false)"
+
+
+def test_declared_subset_is_checked_against_its_declared_md5s(compose_cfg, tmp_path):
+    root = write_fake_mnist(tmp_path / "fake")
+    assert _data(compose_cfg, f"data.root={root}").describe()["files_checked"] == \
+        "declared in MNIST/raw/checksums.md5"
+    path = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    body = bytearray(path.read_bytes())
+    body[-1] = (body[-1] + 1) % 10
+    path.write_bytes(bytes(body))
+    with pytest.raises(DataNotFoundError, match="t10k-labels-idx1-ubyte differs from the md5 declared in"):
+        _data(compose_cfg, f"data.root={root}")
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated", "empty"])
+def test_corrupt_idx_files_are_named_before_torchvision_reads_them(compose_cfg, tmp_path, damage):
+    root = write_fake_mnist(tmp_path / "fake")
+    path = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    body = path.read_bytes()
+    path.write_bytes({"header": b"\x1f\x8b" + body[2:], "truncated": body[:-100], "empty": b""}[damage])
+    expected = "truncated or corrupt" if damage == "truncated" else "is not an IDX file"
+    with pytest.raises(DataNotFoundError, match=rf"train-images-idx3-ubyte .*{expected}|{expected}"):
+        _data(compose_cfg, f"data.root={root}")
+    assert path.exists()  # nothing deleted

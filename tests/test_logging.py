@@ -71,3 +71,28 @@ def test_wandb_offline_for_real(compose_cfg, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert run(compose_cfg("logger=wandb", "logger.mode=offline", output_dir=out))["status"] == "completed"
     assert list(out.glob("wandb/offline-run-*"))
+
+
+def test_wandb_mode_from_the_environment_is_respected(compose_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(_FakeRun(**kw)) or runs[-1])
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run(compose_cfg("logger=wandb", output_dir=tmp_path / "env"))
+    run(compose_cfg("logger=wandb", "logger.mode=offline", output_dir=tmp_path / "explicit"))
+    # null leaves the mode to W&B, which reads WANDB_MODE; an explicit logger.mode wins over it
+    assert [r.kwargs["mode"] for r in runs] == [None, "offline"]
+    assert runs[0].kwargs["settings"].init_timeout == 30.0
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_server_costs_the_timeout_once_and_the_run_completes(compose_cfg, tmp_path, monkeypatch,
+                                                                                caplog):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "run"
+    summary = run(compose_cfg("logger=wandb", "logger.mode=online", "logger.init_timeout_s=3", output_dir=out))
+    assert summary["status"] == "completed" and (out / "metrics.csv").exists()
+    assert caplog.text.count("W&B mirror disabled") == 1

@@ -91,7 +91,7 @@ def test_existing_run_dir_is_not_overwritten(compose_cfg, tmp_path):
     out = tmp_path / "run"
     run(compose_cfg(output_dir=out))
     before = (out / "summary.json").read_text()
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds files a run writes"):
         run(compose_cfg(output_dir=out))
     assert (out / "summary.json").read_text() == before
 
@@ -111,7 +111,7 @@ def test_resume_equals_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, eva
         with pytest.raises(KeyboardInterrupt):
             run(compose_cfg(*common, output_dir=out))
     crashed = json.loads((out / "summary.json").read_text())
-    assert crashed["status"] == "failed" and "KeyboardInterrupt" in crashed["error"]
+    assert crashed["status"] == "interrupted" and "KeyboardInterrupt" in crashed["error"]
     with monkeypatch.context() as patch:  # the resume runs at other code: both versions must be on record
         patch.setattr("rnnrepro.api.git_info", lambda: ("b" * 40, True))
         resumed = run(compose_cfg(*common, "resume=auto", output_dir=out))
@@ -185,7 +185,7 @@ def test_resume_auto_restarts_a_run_that_died_before_its_first_checkpoint(compos
     _crashed_run(compose_cfg, monkeypatch, out, *common, at_step=2)  # before the first evaluation and checkpoint
     assert not (out / "last.pt").exists() and (out / "summary.json").exists()
     crashed = (out / "summary.json").read_text()
-    with pytest.raises(ConfigError, match="already holds a run"):  # without resume: refused, as before
+    with pytest.raises(ConfigError, match="already holds files a run writes"):  # without resume: refused, as before
         run(compose_cfg(*common, output_dir=out))
     summary = run(compose_cfg(*common, "resume=auto", output_dir=out))
     reference = run(compose_cfg(*common, output_dir=tmp_path / "ref"))

@@ -66,7 +66,12 @@ def test_slurm_launcher_config_composes():
     cfg = _compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
+    # defaults that a 2-CPU node without a GPU can schedule; every resource overridable
+    assert launcher.partition == "gpu" and launcher.gpus_per_node is None and launcher.max_num_timeout == 3
+    assert launcher.cpus_per_task == 1 and launcher.mem_gb is None and launcher.signal_delay_s == 120
+    gpu = _compose_with_hydra(["hydra/launcher=slurm_gpu", "hydra.launcher.mem_gb=16"]).hydra.launcher
+    assert gpu._target_.endswith("SlurmLauncher") and gpu.gpus_per_node == 1 and gpu.cpus_per_task == 4
+    assert gpu.mem_gb == 16 and gpu.max_num_timeout == 3
 
 
 def test_optuna_search_config_composes():

@@ -15,7 +15,8 @@ class WandbMirror:
         self.enabled = str(getattr(cfg.name, "value", cfg.name)) == "wandb"
         if not self.enabled:
             return
-        mode = str(getattr(cfg.mode, "value", cfg.mode))
+        # an explicit logger.mode wins; else W&B reads $WANDB_MODE itself
+        mode = None if cfg.mode is None else str(getattr(cfg.mode, "value", cfg.mode))
         meta = run_config.get("meta", {})
         tags = list(cfg.tags) + [str(meta[k]) for k in ("paper", "table", "row") if meta.get(k)]
         try:
@@ -23,7 +24,8 @@ class WandbMirror:
 
             self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=tags, mode=mode,
                                   config=run_config, dir=output_dir, id=run_id, resume="allow" if run_id else None,
-                                  job_type="train", reinit="finish_previous")
+                                  job_type="train", reinit="finish_previous",
+                                  settings=wandb.Settings(init_timeout=float(cfg.init_timeout_s)))
         except Exception as err:  # noqa: BLE001 - any W&B problem must leave the run going
             self._disable(err)
 

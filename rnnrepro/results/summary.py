@@ -20,7 +20,7 @@ SUMMARY_FIELDS = [
     "finished_at", "data", "limit_eval_batches", "deterministic", "output_dir", "segments",
 ]
 
-STATUSES = ("completed", "diverged", "failed", "running")
+STATUSES = ("completed", "diverged", "failed", "interrupted", "running")
 
 
 @lru_cache(maxsize=1)

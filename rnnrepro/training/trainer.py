@@ -81,6 +81,7 @@ class Trainer:
         algorithm.want_step_losses = type(data).observe is not SequenceDataModule.observe
         self._progress_clock = None  # (perf_counter, step, fraction) at the last progress line
         self._lr_scale = 1.0
+        self.stop_signal: int | None = None  # set by the SIGTERM/SIGUSR2 handler of api.run: stop at the next batch
         self.last_path = os.path.join(output_dir, "last.pt")
         self.best_path = os.path.join(output_dir, "best.pt")
 
@@ -135,7 +136,9 @@ class Trainer:
         """The validation result as a key compared lexicographically (larger is better); None when not finite."""
         rule = self.data.spec.selection or ((self.task.metric, self.task.mode),)
         key = [float(metrics[name]) * (1.0 if mode == "max" else -1.0) for name, mode in rule]
-        return key if all(math.isfinite(k) for k in key) else None
+        # a NaN model can score a finite accuracy (argmax of NaN outputs): its loss says it is not a result
+        finite = all(math.isfinite(k) for k in key) and math.isfinite(float(metrics.get("loss", 0.0)))
+        return key if finite else None
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -157,6 +160,8 @@ class Trainer:
         return row
 
     def _validate_and_checkpoint(self) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise Diverged("the weights are not finite at validation")  # before anything is saved from them
         if self.p.train_loss_count:
             diagnostics = {k: float(v) / self.p.diagnostic_counts.get(k, self.p.train_loss_count)
                            for k, v in self.p.diagnostic_sums.items()}
@@ -285,7 +290,7 @@ class Trainer:
         show_bar = bool(self.tcfg.progress_bar) and sys.stderr.isatty()
         self.model.train()
         try:
-            while self._budget_left():
+            while self._budget_left() and self.stop_signal is None:
                 n_batches = self.data.num_train_batches(self.p.epoch)
                 if self.p.batch_in_epoch == 0 and not self.data.continuous_stream:
                     self.algorithm.reset()
@@ -310,9 +315,11 @@ class Trainer:
                     # online algorithms take many optimizer steps per batch: evaluate when a multiple is crossed
                     if eval_every is not None and self.p.step // int(eval_every) > step_before // int(eval_every):
                         self._validate_and_checkpoint()
-                    if not self._budget_left():
+                    if self.stop_signal is not None or not self._budget_left():
                         break
                 bar.close()
+                if self.stop_signal is not None and self._budget_left():
+                    return self._interrupted()
                 epoch_done = self.p.batch_in_epoch >= n_batches
                 if epoch_done:
                     self.p.epoch += 1
@@ -321,10 +328,37 @@ class Trainer:
                 if (epoch_done and eval_every is None) or not self._budget_left():
                     if self.p.last_eval_step != self.p.step:
                         self._validate_and_checkpoint()
+            if self.stop_signal is not None and self._budget_left():
+                return self._interrupted()
         except Diverged as err:
-            status, error = "diverged", f"{err} at optimizer step {self.p.step}; last good checkpoint kept"
+            status, error = "diverged", f"{err} at optimizer step {self.p.step}; {self._good_checkpoints()}"
             log.error(error)
         return {"status": status, "error": error}
+
+    def _interrupted(self) -> dict:
+        """A stop signal (SLURM's SIGTERM before preemption or the time limit): save last.pt at this batch boundary,
+        without the validation (the grace time is short); resume=auto continues exactly from here."""
+        import signal
+
+        name = signal.Signals(self.stop_signal).name
+        if self.tcfg.checkpoint:
+            self.save_last()
+            where = f"last.pt holds step {self.p.step}; resume=auto continues from it"
+        else:
+            where = "trainer.checkpoint=false, so nothing holds it"
+        error = f"stopped by {name} at optimizer step {self.p.step}; {where}"
+        log.warning(error)
+        return {"status": "interrupted", "error": error}
+
+    def _good_checkpoints(self) -> str:
+        """Which files hold weights from before the divergence (both are written only from finite weights)."""
+        good = []
+        if self.tcfg.checkpoint and self.p.last_eval_step >= 0 and os.path.exists(self.last_path):
+            good.append(f"last.pt (step {self.p.last_eval_step})")
+        if self.p.best_step is not None and os.path.exists(self.best_path):
+            good.append(f"best.pt (step {self.p.best_step})")
+        return ("good checkpoints kept: " + ", ".join(good)) if good else "no checkpoint was written before it"
+
 
     def test(self, diverged: bool) -> dict:
         """Test metrics with the last weights and with the best-validation weights."""
