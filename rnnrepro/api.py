@@ -113,7 +113,14 @@ def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
                                                      and data.spec.loss != "ce"):
         task_kwargs["loss"] = data.spec.loss
     task = build_task(data.spec.task, **task_kwargs)
-    model = build_model(cfg.model, data.spec, task).to(device)
+    try:
+        model = build_model(cfg.model, data.spec, task).to(device)
+    except (RuntimeError, MemoryError) as err:
+        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower() and "out of memory" not in str(err):
+            raise
+        raise ConfigError(f"model.hidden_size={cfg.model.get('hidden_size')}: the model does not fit in "
+                          f"{device.type} memory ({str(err).splitlines()[0][:200]}); choose a smaller "
+                          "model.hidden_size (or fewer layers)") from None
     params, params_free = count_parameters(model)
 
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

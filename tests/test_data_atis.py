@@ -82,3 +82,16 @@ def test_short_lstm_run_on_real_atis_improves_validation_f1(compose_cfg, tmp_pat
     val = pd.read_csv(out / "metrics.csv").query("split == 'val'")
     assert summary["metric"] == "f1" and summary["status"] == "completed"
     assert val.f1.iloc[-1] > val.f1.iloc[0] and summary["test_at_best_val"] > 0.5
+
+
+@pytest.mark.parametrize("damage", [b"not gzip at all", None])
+def test_corrupt_fold_is_named_not_a_traceback(compose_cfg, tmp_path, damage):
+    import gzip
+
+    write_tiny_atis(tmp_path)
+    path = tmp_path / "atis" / "atis.fold0.pkl.gz"
+    path.write_bytes(damage if damage is not None else gzip.compress(gzip.decompress(path.read_bytes())[:30]))
+    cfg = compose_cfg("dataset=atis", f"data.root={tmp_path}", "data.download=false", "data.verify_checksums=false")
+    with pytest.raises(ChecksumError, match="atis.fold0.pkl.gz cannot be read as an is13 ATIS fold"):
+        build_datamodule(cfg.data, 0).setup()
+    assert path.exists()

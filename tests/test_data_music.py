@@ -95,3 +95,13 @@ def test_short_lstm_run_on_real_jsb_improves_validation(compose_cfg, tmp_path):
     assert summary["metric"] == "nll" and summary["status"] == "completed"
     assert val.nll.iloc[-1] < val.nll.iloc[0] < 88 * math.log(2)
     assert summary["test_at_best_val"] < 15  # far below 61 (p = 0.5), on the way to the papers' ~8.5
+
+
+@pytest.mark.parametrize("file_format", ["mat", "pickle"])
+def test_corrupt_file_is_named_not_a_traceback(compose_cfg, tmp_path, file_format):
+    write_tiny_music(tmp_path)
+    path = next((tmp_path / "music").glob("JSB*.mat" if file_format == "mat" else "JSB*.pickle"))
+    path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(ChecksumError, match=rf"{path.name} cannot be read as .*Nothing was deleted"):
+        _data(compose_cfg, tmp_path, "data.verify_checksums=false", f"data.file_format={file_format}")
+    assert path.exists()

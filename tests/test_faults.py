@@ -207,3 +207,10 @@ def test_one_bad_job_fails_alone_and_the_sweep_lists_every_job(tmp_path, mnist_r
     assert list(table.status) == ["completed", "rejected", "completed"]
     assert "hidden_size" in table.error[1] and table.error[[0, 2]].isna().all()
     assert sorted(p.parent.name for p in sweep.glob("*/summary.json")) == ["0", "2"]
+
+
+def test_a_model_too_large_for_memory_is_named_before_any_file(compose_cfg, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"model.hidden_size=10000000: the model does not fit in cpu memory"):
+        run(compose_cfg("model=rnn", "model.hidden_size=10000000", output_dir=out))
+    assert not (out / "config.yaml").exists()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from rnnrepro.data.base import DataConfig, DataNotFoundError, DataSpec, InMemorySequenceData
-from rnnrepro.data.lm import ChecksumError, md5sum
+from rnnrepro.data.lm import ChecksumError, md5sum, unreadable
 from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
@@ -71,9 +71,12 @@ class ATIS(InMemorySequenceData):
     def setup(self) -> None:
         path = atis_file(os.path.join(self.root, "atis"), int(self.cfg.fold), bool(self.cfg.download),
                          bool(self.cfg.verify_checksums))
-        with gzip.open(path, "rb") as f:
-            splits = pickle.load(f, encoding="latin1")
-        dicts = splits[3]
+        try:
+            with gzip.open(path, "rb") as f:
+                splits = pickle.load(f, encoding="latin1")
+            dicts = splits[3]
+        except Exception as err:  # noqa: BLE001 - corrupt gzip, truncated pickle, another layout
+            raise unreadable(path, "an is13 ATIS fold (a gzipped pickle of train, valid, test, dicts)", err) from err
         self.labels = [label for label, _ in sorted(dicts["labels2idx"].items(), key=lambda kv: kv[1])]
         self.pad = len(dicts["words2idx"])  # an extra embedding row for padding
         self.words: list[Tensor] = []

@@ -139,6 +139,13 @@ class ChecksumError(DataNotFoundError):
     """A data file exists but its md5 differs from the canonical release; nothing is deleted."""
 
 
+def unreadable(path: str, what: str, err: Exception) -> ChecksumError:
+    """A data file that exists but cannot be parsed (corrupt, truncated, another format): named, not deleted."""
+    return ChecksumError(f"{path} cannot be read as {what} ({type(err).__name__}: {str(err)[:200]}). Nothing was "
+                         "deleted. Fix: replace it with the canonical file (see data.download), or point data.root "
+                         "elsewhere.")
+
+
 def md5sum(path: str) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:

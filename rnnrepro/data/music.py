@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rnnrepro.data.base import DataConfig, DataNotFoundError, DataSpec, InMemorySequenceData
-from rnnrepro.data.lm import ChecksumError, md5sum
+from rnnrepro.data.lm import ChecksumError, md5sum, unreadable
 from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
@@ -71,9 +71,12 @@ class MusicDataConfig(DataConfig):
 def rolls_from_mat(path: str) -> dict[str, list[Tensor]]:
     from scipy.io import loadmat
 
-    mat = loadmat(path)
-    return {split: [torch.from_numpy(piece.astype("float32")) for piece in mat[f"{name}data"][0]]
-            for split, name in SPLITS.items()}
+    try:
+        mat = loadmat(path)
+        return {split: [torch.from_numpy(piece.astype("float32")) for piece in mat[f"{name}data"][0]]
+                for split, name in SPLITS.items()}
+    except Exception as err:  # noqa: BLE001 - any parse failure: name the file
+        raise unreadable(path, "a piano-roll .mat file (traindata / validdata / testdata)", err) from err
 
 
 def roll_from_pitches(frames: list) -> Tensor:
@@ -85,9 +88,12 @@ def roll_from_pitches(frames: list) -> Tensor:
 
 
 def rolls_from_pickle(path: str) -> dict[str, list[Tensor]]:
-    with open(path, "rb") as f:
-        data = pickle.load(f, encoding="latin1")
-    return {split: [roll_from_pitches(piece) for piece in data[name]] for split, name in SPLITS.items()}
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+        return {split: [roll_from_pitches(piece) for piece in data[name]] for split, name in SPLITS.items()}
+    except Exception as err:  # noqa: BLE001
+        raise unreadable(path, "a Boulanger-Lewandowski pitch-list pickle (train / valid / test)", err) from err
 
 
 def music_file(folder: str, name: str, file_format: str, download: bool, verify: bool) -> str:
