@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 TIER ?= smoke
 PAPER ?= all
 JOBS ?= 1
+LAUNCHER ?= local
 EXPERIMENTS ?=
 # glibc: keep freed memory instead of returning it to the OS after every large tensor. nn.LSTM on CPU otherwise
 # page-faults on each step (results/bench/cpu-malloc.md: 221 -> 93 ms per step). Set for run, reproduce-tables and
@@ -42,8 +43,8 @@ bench: setup ## time every cell beside nn.LSTM, the online algorithms against n,
 	$(FAST_MALLOC) $(PY) scripts/bench_recipes.py
 	$(FAST_MALLOC) $(PY) scripts/bench_stable.py
 
-reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|reduced|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [ARGS=overrides]
-	$(FAST_MALLOC) $(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER) --jobs $(JOBS) $(ARGS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
+reproduce-tables: setup ## run (or reuse) the runs of the paper tables and render results/<paper>/<table>.md [TIER=smoke|reduced|full] [PAPER=...] [EXPERIMENTS=patterns] [JOBS=N] [LAUNCHER=local|slurm] [SLURM_ARGS=...] [ARGS=overrides]
+	$(FAST_MALLOC) $(PY) scripts/reproduce_tables.py --tier $(TIER) --paper $(PAPER) --jobs $(JOBS) --launcher $(LAUNCHER) $(if $(SLURM_ARGS),--slurm-args "$(SLURM_ARGS)") $(ARGS) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 
 clean: ## remove run outputs (not results/)
 	rm -rf outputs multirun runs

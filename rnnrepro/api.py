@@ -159,7 +159,8 @@ def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
     # a resumed run was trained by several processes, possibly at different SHAs: record each one
     trainer.p.segments.append({"from_step": trainer.p.step, "git_sha": sha, "git_dirty": dirty,
                                "started_at": summary["started_at"], "device_name": summary["device_name"],
-                               "torch_version": torch.__version__, "config_changes": config_changes})
+                               "torch_version": torch.__version__, "config_changes": config_changes,
+                               "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     summary["segments"] = trainer.p.segments
     log.info("%s | %s on %s | %d params (%d free) | %s | output %s", cfg.meta.experiment, cfg.model.name,
              cfg.data.name, params, params_free, summary["device_name"], output_dir)

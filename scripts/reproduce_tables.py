@@ -1,6 +1,7 @@
 """Runs (or reuses) the runs behind each paper table and renders results/<paper>/<table>.md and .csv.
 
     python scripts/reproduce_tables.py --tier smoke|reduced|full [--paper NAME|all] [--jobs N] [--dry-run]
+        [--launcher local|slurm] [--slurm-args "--partition=gpu --gres=gpu:1"]
 
 Every table cell in results/expected/<paper>.csv names the experiment preset that reproduces it. Each preset runs
 once per seed in ``meta.seeds`` (smoke: the first two) through the normal CLI, ``python run.py experiment=...``,
@@ -25,6 +26,11 @@ the paper's budget, with the overrides in each cell's notes.
 The reduced and full tiers also write each table's learning curves, <stem>.curves.csv and .png: the validation
 metric at every evaluation of every run behind the table, from its metrics.csv.
 
+``--launcher slurm`` (``make reproduce-tables LAUNCHER=slurm``) fans the runs out over SLURM: each run is one batch
+job (``sbatch --wait --requeue``, ``--cpus-per-task`` = the threads per run, plus ``--slurm-args``), at most ``--jobs``
+queued at a time, always with ``resume=auto`` so that a requeued (preempted) job continues from its last.pt; its
+scheduler output is ``slurm-<job id>.out`` beside console.log.
+
 The smoke tier caps training at a few steps so that the whole pipeline runs on a 2-core CPU in minutes; its tables are
 written to <table>.smoke.md and labelled as a pipeline check.
 """
@@ -37,6 +43,7 @@ import fnmatch
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -147,7 +154,16 @@ def set_aside(run_dir: Path) -> Path:
     return target
 
 
-def execute(run: dict, threads: int | None) -> int:
+def slurm_command(cmd: list[str], run_dir: Path, threads: int | None, slurm_args: str) -> list[str]:
+    """One SLURM batch job for one run: waits for it, and is requeued on preemption (the run continues)."""
+    if "resume=auto" not in cmd:
+        cmd = [*cmd, "resume=auto"]
+    return ["sbatch", "--wait", "--requeue", "--parsable", f"--job-name=rnnrepro-{run_dir.parent.name}-{run_dir.name}",
+            f"--chdir={REPO}", f"--output={run_dir}/slurm-%j.out", f"--cpus-per-task={threads or 1}",
+            *shlex.split(slurm_args), "--wrap", shlex.join(cmd)]
+
+
+def execute(run: dict, threads: int | None, launcher: str = "local", slurm_args: str = "") -> int:
     try:
         state, diffs = run_state(run)
     except Exception as err:  # noqa: BLE001 - e.g. a preset that no longer composes: this run fails, the rest go on
@@ -167,6 +183,8 @@ def execute(run: dict, threads: int | None) -> int:
         cmd.append("resume=auto")
     if threads:
         cmd.append(f"trainer.num_threads={threads}")
+    if launcher == "slurm":
+        cmd = slurm_command(cmd, run["dir"], threads, slurm_args)
     print(f"{state:7s} {shlex.join(cmd[1:])}", flush=True)
     # Hydra writes its own log file (run.log) there; the console output, tracebacks included, goes beside it
     with open(run["dir"] / "console.log", "a") as log:
@@ -212,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", nargs="+", metavar="PATTERN",
                         help="only these presets (shell patterns, e.g. 'baselines/ptb_*'); their tables are rendered")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing, render nothing")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                        help="local: subprocesses here; slurm: one sbatch job per run (see above)")
+    parser.add_argument("--slurm-args", default="", help="extra sbatch options, e.g. '--partition=gpu --gres=gpu:1'")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run, e.g. data.root=/data")
     args = parser.parse_args(argv)
 
@@ -232,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{state:7s} {paper}: {shlex.join(r['overrides'])} -> {r['dir']}"
                       + (f" ({'; '.join(diffs[:3])})" if diffs else ""))
         return 0
+    if args.launcher == "slurm" and shutil.which("sbatch") is None:
+        parser.error("--launcher slurm: sbatch is not on PATH here; run on a SLURM login node, or --launcher local")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     all_runs = [r for runs in plans.values() for r in runs]
     if args.render_only:
         codes = [0] * len(all_runs)
     else:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            codes = list(pool.map(lambda r: execute(r, threads), all_runs))
+            codes = list(pool.map(lambda r: execute(r, threads, args.launcher, args.slurm_args), all_runs))
     failed = [r["dir"] for r, c in zip(all_runs, codes) if c != 0]
     for paper, runs in plans.items():
         for path in render(paper, args.tier, runs, command, args.experiments):

@@ -94,3 +94,25 @@ def test_preempted_job_is_requeued_and_ends_identical_to_an_uninterrupted_run(tm
         assert summary[key] == ref[key], key
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ref" / "metrics.csv").drop(columns="wall_time_s"),
                                   pd.read_csv(sweep / "0" / "metrics.csv").drop(columns="wall_time_s"))
+
+
+def test_reproduce_tables_fans_its_runs_out_over_slurm(tmp_path, mnist_root, monkeypatch, capsys):
+    import scripts.reproduce_tables as rt
+
+    results = tmp_path / "results"
+    (results / "expected").mkdir(parents=True)
+    expected = pd.read_csv(REPO / "results" / "expected" / "sbo_rnn.csv").head(1)  # one preset, two smoke seeds
+    expected.to_csv(results / "expected" / "sbo_rnn.csv", index=False)
+    monkeypatch.setattr(rt, "RESULTS", results)
+    argv = ["--tier", "smoke", "--paper", "sbo_rnn", "--runs-dir", str(tmp_path / "runs"), "--launcher", "slurm",
+            "--jobs", "2", f"data.root={mnist_root}", "data.download=false", "model.hidden_size=8",
+            "data.pixels_per_step=28", "trainer.device=cpu"]
+    assert rt.main(argv) == 0
+    assert capsys.readouterr().out.count("--wait --requeue --parsable") == 2
+    run_dirs = sorted(p.parent for p in (tmp_path / "runs").rglob("summary.json"))
+    assert len(run_dirs) == 2
+    for run_dir in run_dirs:  # each run was a SLURM job: its scheduler output is there, named by the job id it ran in
+        (out,) = run_dir.glob("slurm-*.out")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and out.name == f"slurm-{summary['segments'][0]['slurm_job_id']}.out"
+    assert pd.read_csv(results / "sbo_rnn" / "pixel_mnist.smoke.csv").seeds.tolist() == [2]
