@@ -96,14 +96,17 @@ def _declared_md5(raw: str) -> dict[str, str] | None:
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return {name.strip().lstrip("*"): md5 for md5, name in (line.split(None, 1) for line in f if line.strip())}
+        lines = [line.split(None, 1) for line in f if line.strip()]
+    if any(len(parts) != 2 for parts in lines):
+        raise ChecksumError(f"{path}: each line must be '<md5>  <file name>' (md5sum format). Fix the file, or "
+                            "remove it to check against the canonical MNIST.")
+    return {name.strip().lstrip("*"): md5 for md5, name in lines}
 
 
 def check_mnist_files(root: str, verify: bool) -> str:
     """Checks the four raw files (headers, counts, md5s) before anything reads them; returns what they were
     checked against: "canonical", "declared in MNIST/raw/checksums.md5" or "not checked"."""
     raw = os.path.join(root, "MNIST", "raw")
-    counts = {}
     for prefix in ("train", "t10k"):
         images = idx_shape(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), 3)
         labels = idx_shape(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), 1)
@@ -111,7 +114,6 @@ def check_mnist_files(root: str, verify: bool) -> str:
             raise ChecksumError(f"{raw}: {prefix}-images holds {images[0]} images of {images[1:]} and {prefix}-labels "
                                 f"{labels[0]} labels; they must be 28x28 and as many (a file swapped or replaced?). "
                                 "Nothing was deleted. Fix: replace them with the canonical files.")
-        counts[prefix] = images[0]
     if not verify:
         return "not checked (data.verify_checksums=false)"
     declared = _declared_md5(raw)
