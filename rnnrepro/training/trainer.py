@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -338,8 +339,6 @@ class Trainer:
     def _interrupted(self) -> dict:
         """A stop signal (SLURM's SIGTERM before preemption or the time limit): save last.pt at this batch boundary,
         without the validation (the grace time is short); resume=auto continues exactly from here."""
-        import signal
-
         name = signal.Signals(self.stop_signal).name
         if self.tcfg.checkpoint:
             self.save_last()
@@ -358,7 +357,6 @@ class Trainer:
         if self.p.best_step is not None and os.path.exists(self.best_path):
             good.append(f"best.pt (step {self.p.best_step})")
         return ("good checkpoints kept: " + ", ".join(good)) if good else "no checkpoint was written before it"
-
 
     def test(self, diverged: bool) -> dict:
         """Test metrics with the last weights and with the best-validation weights."""
