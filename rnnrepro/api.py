@@ -273,7 +273,8 @@ def run_dir_lock(output_dir: str):
     try:
         yield
     finally:
-        if _read_lock(path).get("pid") == mine["pid"] and _read_lock(path).get("host") == mine["host"]:
+        holder = _read_lock(path)
+        if (holder.get("pid"), holder.get("host")) == (mine["pid"], mine["host"]):
             os.remove(path)
 
 

@@ -34,12 +34,6 @@ def record_job_failure(job_dir: str, cfg: DictConfig, status: str, error: BaseEx
     return path
 
 
-def collect_summaries(root: str) -> list[dict]:
-    from rnnrepro.results.summary import read_summary
-
-    return [read_summary(p) for p in sorted(glob.glob(os.path.join(root, "**", "summary.json"), recursive=True))]
-
-
 def _job_key(job: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in job.split(os.sep))
 
