@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
-    _remove_partial_checkpoints(output_dir)
+    _remove_partial_writes(output_dir)
     resume_path = checkpoint.find_resume_checkpoint(cfg.resume, output_dir) if cfg.resume else None
     config_changes: list[str] = []
     if resume_path is None:
@@ -122,10 +122,13 @@ def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
                           f"{device.type} memory ({str(err).splitlines()[0][:200]}); choose a smaller "
                           "model.hidden_size (or fewer layers)") from None
     params, params_free = count_parameters(model)
+    _check_memory_lower_bound(cfg, data.spec.seq_len, params, device)
 
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    with open(os.path.join(output_dir, "config.yaml"), "w") as f:
+    config_path = os.path.join(output_dir, "config.yaml")
+    with open(config_path + ".tmp", "w") as f:  # renamed into place: a kill mid-write leaves the previous one whole
         f.write(OmegaConf.to_yaml(resolved))
+    os.replace(config_path + ".tmp", config_path)
 
     optimizer = build_optimizer(cfg.optimizer, (p for p in model.parameters() if p.requires_grad))
     n_batches = data.num_train_batches()
@@ -197,6 +200,27 @@ def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
     log.info("%s: best val %s %s | test at best val %s | test last %s | %.0f s", summary["status"], task.metric,
              summary["best_val"], summary["test_at_best_val"], summary["test_last"], summary["wall_time_s"])
     return summary
+
+
+def _check_memory_lower_bound(cfg: DictConfig, seq_len: int | None, params: int, device: torch.device) -> None:
+    """A training step needs at least the weights and their gradients, and under full BPTT the hidden state of every
+    time step of a batch (float32). When even that exceeds the device's memory, the run is refused here, before any
+    file is written, instead of at its first batch (lazily allocated activations pass the model-build check)."""
+    need = 4 * 2 * params
+    if str(getattr(cfg.algorithm.name, "value", cfg.algorithm.name)) == "bptt" and seq_len:
+        layers = int(cfg.model.get("num_layers") or 1)
+        need += 4 * int(cfg.data.batch_size) * int(seq_len) * int(cfg.model.get("hidden_size") or 0) * layers
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    elif device.type == "cpu" and hasattr(os, "sysconf"):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        return
+    if need > total:
+        raise ConfigError(f"model.hidden_size={cfg.model.get('hidden_size')} with data.batch_size="
+                          f"{cfg.data.batch_size} over {seq_len} steps needs at least {need / 2**30:.0f} GiB (weights, "
+                          f"gradients and the hidden state of every step), more than the {total / 2**30:.0f} GiB of "
+                          f"{device.type} memory here; choose a smaller model.hidden_size or data.batch_size")
 
 
 def _check_resume_config(cfg: DictConfig, resume_path: str) -> list[str]:
@@ -302,14 +326,17 @@ def _lock_is_stale(holder: dict, mine: dict) -> bool:
     return False
 
 
-def _remove_partial_checkpoints(output_dir: str) -> None:
-    """Temp files of checkpoint writes that were killed (checkpoint.save_atomic). The lock is held, so no live
-    writer owns them."""
+def _remove_partial_writes(output_dir: str) -> None:
+    """Temp files of writes that were killed: checkpoints (checkpoint.save_atomic) and the metrics, summary and
+    config files, each written beside its target and renamed over it. The lock is held, so no live writer owns
+    them."""
     partial = glob.glob(os.path.join(output_dir, ".tmp-*.pt"))
+    partial += [p for name in ("metrics.csv", "summary.json", "config.yaml")
+                if os.path.exists(p := os.path.join(output_dir, name + ".tmp"))]
     for path in partial:
         os.remove(path)
     if partial:
-        log.warning("removed %d partial checkpoint file(s) left by a killed write: %s", len(partial),
+        log.warning("removed %d partial file(s) left by a killed write: %s", len(partial),
                     ", ".join(os.path.basename(p) for p in partial))
 
 

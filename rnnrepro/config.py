@@ -84,6 +84,8 @@ class TrainerConfig:
                     f"must be > 0 or null, got {getattr(self, key)}")
         require(self.eval_every_n_steps is None or self.eval_every_n_steps >= 1, "trainer.eval_every_n_steps",
                 f"must be >= 1 or null, got {self.eval_every_n_steps}")
+        require(self.limit_eval_batches is None or self.limit_eval_batches >= 1, "trainer.limit_eval_batches",
+                f"must be >= 1 or null (every batch), got {self.limit_eval_batches}")
         require(self.log_every_s >= 0, "trainer.log_every_s", f"must be >= 0, got {self.log_every_s}")
         require(self.num_threads is None or self.num_threads >= 1, "trainer.num_threads",
                 f"must be >= 1 or null (torch's default), got {self.num_threads}")

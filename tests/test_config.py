@@ -75,6 +75,14 @@ def test_invalid_enum_value_lists_allowed_values(compose_cfg):
         (["trainer.num_threads=-1"], "trainer.num_threads"),
         (["trainer.num_threads=0"], "trainer.num_threads"),
         (["resume=aut"], "resume"),
+        (["resume=/no/such/run"], "resume"),
+        (["trainer.limit_eval_batches=0"], "trainer.limit_eval_batches"),  # crashed after training before
+        (["trainer.limit_eval_batches=-1"], "trainer.limit_eval_batches"),
+        (["data.split_seed=-2"], "data.split_seed"),  # was accepted
+        (["trainer.max_time_s=-1"], "trainer.max_time_s"),
+        (["trainer.eval_every_n_steps=0"], "trainer.eval_every_n_steps"),
+        (["data.pixels_per_step=5"], "data.pixels_per_step"),
+        (["logger.init_timeout_s=0"], "logger.init_timeout_s"),
     ],
 )
 def test_invalid_values_fail_validation_naming_the_key(compose_cfg, overrides, key):

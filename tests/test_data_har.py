@@ -16,7 +16,7 @@ from rnnrepro.data.har import SIGNALS
 
 def test_layout_regrouping_and_normalisation(compose_cfg, tmp_path):
     write_tiny_har(tmp_path)
-    cfg = compose_cfg("dataset=har2", f"data.root={tmp_path}", "data.download=false")
+    cfg = compose_cfg("dataset=har2", "data.verify_checksums=false", f"data.root={tmp_path}", "data.download=false")
     validate(cfg)
     data = build_datamodule(cfg.data, 0)
     data.setup()
@@ -31,14 +31,15 @@ def test_layout_regrouping_and_normalisation(compose_cfg, tmp_path):
 
 
 def test_missing_files_error(compose_cfg, tmp_path):
-    cfg = compose_cfg("dataset=har2", f"data.root={tmp_path}", "data.download=false")
+    cfg = compose_cfg("dataset=har2", "data.verify_checksums=false", f"data.root={tmp_path}", "data.download=false")
     with pytest.raises(DataNotFoundError, match="UCI%20HAR%20Dataset.zip"):
         build_datamodule(cfg.data, 0).setup()
 
 
 def test_har2_run_learns_the_fixture(compose_cfg, tmp_path):
     write_tiny_har(tmp_path / "d", n_train=200, n_test=100)
-    summary = run(compose_cfg("dataset=har2", f"data.root={tmp_path / 'd'}", "data.download=false", "model=lstm",
+    summary = run(compose_cfg("dataset=har2", "data.verify_checksums=false", f"data.root={tmp_path / 'd'}",
+                              "data.download=false", "model=lstm",
                               "model.hidden_size=16", "optimizer.lr=1e-2", "trainer.max_epochs=5",
                               "trainer.max_steps=null", "trainer.limit_eval_batches=null", tiny=False,
                               output_dir=tmp_path / "run"))
@@ -67,14 +68,16 @@ def test_softmax_mse_loss_and_the_bug_compatible_ten_way_head(compose_cfg, tmp_p
         float(F.cross_entropy(logits, y)))
 
     root = write_tiny_har(tmp_path / "har")
-    summary = run(compose_cfg("dataset=har2", f"data.root={root}", "model=rnn", "data.head_outputs=10",
+    summary = run(compose_cfg("dataset=har2", "data.verify_checksums=false", f"data.root={root}", "model=rnn",
+                              "data.head_outputs=10",
                               "data.loss=softmax_mse"))
     assert summary["status"] == "completed"
     assert summary["data"]["head_outputs"] == 10 and summary["data"]["loss"] == "softmax_mse"
 
 
 def _har(compose_cfg, root, *overrides):
-    data = build_datamodule(compose_cfg("dataset=har2", f"data.root={root}", "data.download=false", *overrides).data,
+    data = build_datamodule(compose_cfg("dataset=har2", "data.verify_checksums=false", f"data.root={root}",
+                                        "data.download=false", *overrides).data,
                             0)
     data.setup()
     return data
@@ -83,7 +86,7 @@ def _har(compose_cfg, root, *overrides):
 def _subjects(root) -> torch.Tensor:
     from rnnrepro.data.har import read_split
 
-    return read_split(str(root), "train")[2]
+    return read_split(str(root), "train", verify_sizes=False)[2]
 
 
 def test_subject_split_holds_out_whole_subjects(compose_cfg, tmp_path):
@@ -124,4 +127,4 @@ def test_train_fraction_is_a_seeded_subset_with_validation_unchanged(compose_cfg
     standardised = tenth.x[kept].reshape(-1, 9)
     assert torch.allclose(standardised.mean(0), torch.zeros(9), atol=1e-4)
     with pytest.raises(ConfigError, match="^data.train_fraction"):
-        validate(compose_cfg("dataset=har2", "data.train_fraction=0"))
+        validate(compose_cfg("dataset=har2", "data.verify_checksums=false", "data.train_fraction=0"))

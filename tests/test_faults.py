@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -92,6 +93,89 @@ def test_sigterm_through_the_cli_exits_143_and_resume_auto_finishes(tmp_path, mn
     assert final["segments"][1]["from_step"] == summary["steps"]
 
 
+def _kill_args(mnist_root, run_dir):
+    return [f"data.root={mnist_root}", "data.download=false", f"hydra.run.dir={run_dir}", "model.hidden_size=8",
+            "data.pixels_per_step=28", "data.batch_size=16", "trainer.max_epochs=100000", "trainer.max_steps=1500",
+            "trainer.eval_every_n_steps=100", "trainer.limit_eval_batches=1", "trainer.device=cpu",
+            "trainer.deterministic=true", "trainer.progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, mnist_root):
+    run_dir = tmp_path_factory.mktemp("kill") / "reference"
+    started = time.perf_counter()
+    job = _cli(_kill_args(mnist_root, run_dir), run_dir.parent)
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-2000:]
+    return run_dir, time.perf_counter() - started  # its seconds, start-up included
+
+
+def _finish_and_compare(args, run_dir, uninterrupted, cwd):
+    """resume=auto once more: the run must end as the uninterrupted one did, with nothing half-written left."""
+    reference, _ = uninterrupted
+    job = _cli([*args, "resume=auto"], cwd)
+    _, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-3000:]
+    final, ref = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference))
+    assert final["status"] == "completed"
+    for key in ("steps", "best_val", "best_step", "test_at_best_val", "test_last", "val_last", "test_at_best_val_all"):
+        assert final[key] == ref[key], key
+    pd.testing.assert_frame_equal(pd.read_csv(reference / "metrics.csv").drop(columns="wall_time_s"),
+                                  pd.read_csv(run_dir / "metrics.csv").drop(columns="wall_time_s"))
+    for name in ("last.pt", "best.pt"):
+        ours, theirs = (torch.load(d / name, weights_only=False)["model"] for d in (run_dir, reference))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    assert not list(run_dir.glob("*tmp*")) and not (run_dir / ".lock").exists()
+    return final
+
+
+KILLS_DURING_WRITES = {
+    "first-checkpoint": [("last.pt", 1)],  # before any last.pt exists: resume=auto restarts it
+    "later-checkpoint": [("last.pt", 3)],
+    "best-checkpoint": [("best.pt", 3)],
+    "metrics-csv": [("metrics.csv", 9)],  # a train row and a val row per evaluation
+    "between-csv-and-checkpoint": [("after:metrics.csv", 10)],  # the rows of step 500 written, its last.pt not
+    "config-of-a-resumed-run": [("last.pt", 2), ("config.yaml", 1)],
+    "final-summary": [("summary.json", 1)],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(KILLS_DURING_WRITES))
+def test_kill_9_during_each_write_then_resume_auto_is_exact(case, tmp_path, mnist_root, uninterrupted):
+    run_dir = tmp_path / "run"
+    args = _kill_args(mnist_root, run_dir)
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    for target, n in KILLS_DURING_WRITES[case]:
+        job = subprocess.run([sys.executable, str(REPO / "tests" / "kill_driver.py"), target, str(n), *args,
+                              "resume=auto"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]  # the write was reached and killed
+    _finish_and_compare(args, run_dir, uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_at_random_times_then_resume_auto_is_exact(seed, tmp_path, mnist_root, uninterrupted):
+    """Up to four kills at random times within an uninterrupted run's duration (start-up, training, evaluation,
+    a checkpoint write or the end), each followed by resume=auto."""
+    rng = random.Random(seed)
+    run_dir = tmp_path / "run"
+    args = _kill_args(mnist_root, run_dir)
+    killed = 0
+    for _ in range(4):
+        job = _cli([*args, "resume=auto"], tmp_path)
+        time.sleep(rng.uniform(0.5, uninterrupted[1]))
+        if job.poll() is not None:
+            job.communicate()
+            assert job.returncode == 0
+            break
+        job.kill()
+        job.communicate()
+        killed += 1
+    assert killed
+    _finish_and_compare(args, run_dir, uninterrupted, tmp_path)
+
+
 def test_second_run_into_a_locked_dir_refuses_naming_the_holder(compose_cfg, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -130,12 +214,14 @@ def test_requeued_slurm_job_takes_over_its_own_lock(compose_cfg, tmp_path, monke
     assert run(compose_cfg(output_dir=out))["status"] == "completed"
 
 
-def test_partial_checkpoint_files_are_removed_at_start(compose_cfg, tmp_path, caplog):
+def test_partial_files_of_killed_writes_are_removed_at_start(compose_cfg, tmp_path, caplog):
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".tmp-abc123.pt").write_bytes(b"half a checkpoint")  # a checkpoint write that was killed
+    (out / ".tmp-abc123.pt").write_bytes(b"half a checkpoint")  # writes that were killed before their rename
+    (out / "metrics.csv.tmp").write_text("step,time_st")
+    (out / "config.yaml.tmp").write_text("model:\n  na")
     run(compose_cfg("resume=auto", output_dir=out))
-    assert not list(out.glob(".tmp-*")) and "removed 1 partial checkpoint file(s)" in caplog.text
+    assert not list(out.glob("*tmp*")) and "removed 3 partial file(s)" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "best.pt"])
@@ -214,3 +300,13 @@ def test_a_model_too_large_for_memory_is_named_before_any_file(compose_cfg, tmp_
     with pytest.raises(ConfigError, match=r"model.hidden_size=10000000: the model does not fit in cpu memory"):
         run(compose_cfg("model=rnn", "model.hidden_size=10000000", output_dir=out))
     assert not (out / "config.yaml").exists()
+
+
+def test_activations_too_large_for_memory_are_named_before_any_file(compose_cfg, tmp_path):
+    """SBO's low-rank weights fit at n = 10^6, so the model builds; its hidden states over a batch cannot (this
+    used to fail at the first batch, after config.yaml and summary.json were written)."""
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"model.hidden_size=1000000 with data.batch_size=65536 over 28 steps "
+                                          r"needs at least \d+ GiB .* choose a smaller"):  # about 7 TB
+        run(compose_cfg("model=sbo", "model.hidden_size=1000000", "data.batch_size=65536", output_dir=out))
+    assert not any((out / name).exists() for name in ("config.yaml", "summary.json", "metrics.csv"))

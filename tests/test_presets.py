@@ -29,7 +29,7 @@ LM_TINY = ["data.verify_checksums=false", "data.batch_size=4", "data.bptt=5"]
 DATA_OVERRIDES = {"ptb_word": LM_TINY, "ptb_char": LM_TINY, "wikitext2": LM_TINY,
                   "pcifar10": ["data.verify_checksums=false", "data.batch_size=32"],
                   "npcifar10": ["data.verify_checksums=false", "data.batch_size=32"],
-                  "atis": ["data.verify_checksums=false"],
+                  "atis": ["data.verify_checksums=false"], "har2": ["data.verify_checksums=false"],
                   "copy_memory": ["data.n_train=256", "data.n_val=64", "data.n_test=64"],
                   **{name: ["data.verify_checksums=false"] for name in MUSIC_FILES}}
 

@@ -55,6 +55,8 @@ class DataConfig:
         require(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
         require(self.num_workers >= 0, "data.num_workers", f"must be >= 0 (0: load in the main process), got "
                 f"{self.num_workers}")
+        require(0 <= self.split_seed < 2**63, "data.split_seed", f"must be in [0, 2**63 - 1] (torch's seed range), got "
+                f"{self.split_seed}")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from rnnrepro.data.base import (
     epoch_seed,
     split_train_val,
 )
-from rnnrepro.data.lm import ChecksumError, md5sum
+from rnnrepro.data.lm import ChecksumError, md5sum, unreadable
 from rnnrepro.schema import register_schema
 from rnnrepro.tasks import TaskType
 
@@ -99,10 +99,19 @@ def load_cifar(root: str, download: bool, verify: bool) -> tuple[np.ndarray, np.
             raise ChecksumError(f"{paths[name]} differs from the canonical release (md5 {md5sum(paths[name])}, "
                                 f"expected {md5}). Nothing was deleted. Fix: replace it, or set "
                                 "data.verify_checksums=false.")
-        with open(paths[name], "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+        try:
+            with open(paths[name], "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            data, batch_labels = np.asarray(batch["data"]), np.asarray(batch["labels"], dtype=np.int64)
+        except Exception as err:  # noqa: BLE001 - a damaged pickle raises many types; all are reported alike
+            raise unreadable(paths[name], "a CIFAR-10 python batch (a pickled dict of data, labels)", err) from None
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or batch_labels.shape != (len(data),) \
+                or not np.isin(batch_labels, np.arange(10)).all():
+            raise ChecksumError(f"{paths[name]} holds data {data.dtype} {data.shape} and {batch_labels.shape[0]} "
+                                "labels; a CIFAR-10 batch holds uint8 (N, 3072) and N labels in 0..9. Nothing was "
+                                "deleted. Fix: replace it with the release's file.")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
         if name != "test_batch":
             n_train += len(labels[-1])
     return np.concatenate(images), np.concatenate(labels), n_train

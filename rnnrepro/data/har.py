@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rnnrepro.data.base import DataNotFoundError, DataSpec, InMemorySequenceData, SplitDataConfig, split_train_val
+from rnnrepro.data.lm import ChecksumError, unreadable
 from rnnrepro.schema import register_schema, require
 from rnnrepro.tasks import TaskType
 
@@ -55,6 +56,7 @@ class HAR2DataConfig(SplitDataConfig):
     head_outputs: int | None = None  # None: 2 classes; 10: the SBO-RNN code's hard-wired 10-way head
     val_split: HARValSplit = HARValSplit.subject
     train_fraction: float = 1.0  # a seeded subset (data.split_seed) of the training windows left after validation
+    verify_checksums: bool = True  # the release's window counts (7,352 / 2,947): no checksum is published
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,12 +92,48 @@ def ensure_har(root: str, download: bool) -> None:
                                 "point data.root (or RNNREPRO_DATA) there, or set data.download=true.")
 
 
-def read_split(root: str, split: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(signals (N, 128, 9), activity ids (N,), subject ids (N,))."""
+HAR_WINDOWS = {"train": 7_352, "test": 2_947}  # the canonical release (no checksum is published)
+
+
+def _read_table(path: str, integer: bool) -> np.ndarray:
+    """One whitespace-separated text file of the release; unreadable or empty files are named."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # numpy's "empty input file": reported below
+            table = np.loadtxt(path, dtype=np.int64 if integer else np.float32, ndmin=2 if not integer else 1)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise unreadable(path, "UCI HAR text (whitespace-separated numbers, one window per row)", err) from None
+    if table.shape[0] == 0:
+        raise ChecksumError(f"{path} is empty. Nothing was deleted. Fix: replace it with the release's file (see "
+                            "data.download), or point data.root elsewhere.")
+    return table
+
+
+def read_split(root: str, split: str, verify_sizes: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(signals (N, 128, 9), activity ids (N,), subject ids (N,)). Every file must hold N rows (128 numbers each for
+    the signals), activities must be 1..6; with ``verify_sizes`` N must be the release's (7,352 / 2,947), which also
+    catches the train and test files swapped."""
     paths = har_files(root, split)
-    signals = np.stack([np.loadtxt(p, dtype=np.float32) for p in paths[:-2]], axis=-1)
-    activities, subjects = (np.loadtxt(p, dtype=np.int64).reshape(-1) for p in paths[-2:])
-    return torch.from_numpy(signals), torch.from_numpy(activities), torch.from_numpy(subjects)
+    tables = [_read_table(p, integer=False) for p in paths[:-2]]
+    activities, subjects = (_read_table(p, integer=True).reshape(-1) for p in paths[-2:])
+    n = len(activities)
+    fix = "Nothing was deleted. Fix: replace it with the release's file, or point data.root elsewhere."
+    for path, table in zip(paths[:-2], tables):
+        if table.shape != (n, 128):
+            raise ChecksumError(f"{path} holds {table.shape[0]} rows x {table.shape[1]} numbers; {paths[-2]} has {n} "
+                                f"labels, so {n} rows x 128 were expected (a truncated or swapped file). {fix}")
+    if len(subjects) != n:
+        raise ChecksumError(f"{paths[-1]} holds {len(subjects)} subject ids for the {n} labels of {paths[-2]}. {fix}")
+    if not np.isin(activities, np.arange(1, 7)).all():
+        bad = sorted(set(activities.tolist()) - set(range(1, 7)))[:5]
+        raise ChecksumError(f"{paths[-2]} holds activity ids {bad}, outside 1..6 (a swapped or corrupt file). {fix}")
+    if verify_sizes and n != HAR_WINDOWS[split]:
+        raise ChecksumError(f"{paths[-2]} has {n} windows; the release's {split} split has {HAR_WINDOWS[split]} "
+                            "(a truncated or swapped file, or not UCI HAR). Nothing was deleted. Fix: replace it, or "
+                            "set data.verify_checksums=false.")
+    return torch.from_numpy(np.stack(tables, axis=-1)), torch.from_numpy(activities), torch.from_numpy(subjects)
 
 
 def split_by_subject(subjects: Tensor, val_fraction: float, split_seed: int) -> tuple[Tensor, Tensor, list[int]]:
@@ -126,7 +164,9 @@ class HAR2(InMemorySequenceData):
         # head_outputs=10 reproduces the SBO-RNN code's head, hard-wired to 10 classes for this 2-class task
         self.spec = replace(HAR2.spec, output_size=int(self.cfg.head_outputs or 2), loss=loss)
         ensure_har(self.root, bool(self.cfg.download))
-        (x_train, a_train, s_train), (x_test, a_test, _) = read_split(self.root, "train"), read_split(self.root, "test")
+        verify = bool(self.cfg.verify_checksums)
+        (x_train, a_train, s_train), (x_test, a_test, _) = (read_split(self.root, split, verify)
+                                                            for split in ("train", "test"))
         val_fraction, seed = float(self.cfg.val_fraction), int(self.cfg.split_seed)
         self.val_split = str(getattr(self.cfg.val_split, "value", self.cfg.val_split))
         if self.val_split == "subject":

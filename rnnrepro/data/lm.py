@@ -139,11 +139,12 @@ class ChecksumError(DataNotFoundError):
     """A data file exists but its md5 differs from the canonical release; nothing is deleted."""
 
 
-def unreadable(path: str, what: str, err: Exception) -> ChecksumError:
+def unreadable(path: str, what: str, err: Exception,
+               fix: str = "replace it with the canonical file (see data.download), or point data.root elsewhere"
+               ) -> ChecksumError:
     """A data file that exists but cannot be parsed (corrupt, truncated, another format): named, not deleted."""
     return ChecksumError(f"{path} cannot be read as {what} ({type(err).__name__}: {str(err)[:200]}). Nothing was "
-                         "deleted. Fix: replace it with the canonical file (see data.download), or point data.root "
-                         "elsewhere.")
+                         f"deleted. Fix: {fix}.")
 
 
 def md5sum(path: str) -> str:
@@ -169,11 +170,24 @@ class Dictionary:
         return len(self.idx2word)
 
 
+def text_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file. One that is not UTF-8 text (corrupt, another format) or holds nothing
+    (truncated to zero) is named before anything is built from it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as err:
+        raise unreadable(path, "UTF-8 text", err) from None
+    if not lines:
+        raise ChecksumError(f"{path} is empty. Nothing was deleted. Fix: replace it with the canonical file (see "
+                            "data.download), or point data.root elsewhere.")
+    return lines
+
+
 def tokenize(path: str, dictionary: Dictionary) -> Tensor:
     ids: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            ids.extend(dictionary.add(word) for word in line.split() + [EOS])
+    for line in text_lines(path):
+        ids.extend(dictionary.add(word) for word in line.split() + [EOS])
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -182,10 +196,9 @@ def tokenize_chars(path: str, dictionary: Dictionary, from_words: bool) -> Tenso
     from a word-level file the same stream is built by spelling each word out and joining words with ``_``. Either
     way ``<eos>`` closes each line (awd-lstm-lm convention): 48 characters + ``_`` + ``<eos>`` = 50 symbols."""
     ids: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            symbols = list("_".join(line.split())) if from_words else line.split()
-            ids.extend(dictionary.add(symbol) for symbol in symbols + [EOS])
+    for line in text_lines(path):
+        symbols = list("_".join(line.split())) if from_words else line.split()
+        ids.extend(dictionary.add(symbol) for symbol in symbols + [EOS])
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -408,8 +421,10 @@ class PTBChar(PTBWord):
 
 
 WIKITEXT2_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"
-# No checksum is published for the archive; the canonical files are checked by size instead (lines, words).
+# No checksum is published for the archive; the canonical files are checked by size instead (lines, words), and the
+# training file by its token count with <eos> per line (2,088,628, the count torchtext and the paper give).
 WIKITEXT2_SIZES = {"valid": (3_760, 213_886), "test": (4_358, 241_211)}
+WIKITEXT2_TRAIN_TOKENS = 2_088_628
 
 
 def wikitext2_files(folder: str) -> dict[str, str]:
@@ -443,12 +458,16 @@ class WikiText2(PTBWord):
                                     "data.root (or RNNREPRO_DATA) there, or set data.download=true.")
         if bool(self.cfg.verify_checksums):
             for split, (lines, words) in WIKITEXT2_SIZES.items():
-                with open(paths[split], encoding="utf-8") as f:
-                    text = f.readlines()
+                text = text_lines(paths[split])
                 found = (len(text), sum(len(line.split()) for line in text))
                 if found != (lines, words):
                     raise ChecksumError(f"{paths[split]} has {found[0]} lines / {found[1]} words; the canonical file "
                                         f"has {lines} / {words}. Nothing was deleted. Fix: replace it, or set "
                                         "data.verify_checksums=false.")
-        return {split: tokenize(paths[name], self.dictionary)
-                for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
+        tokens = {split: tokenize(paths[name], self.dictionary)
+                  for split, name in (("train", "train"), ("val", "valid"), ("test", "test"))}
+        if bool(self.cfg.verify_checksums) and tokens["train"].numel() != WIKITEXT2_TRAIN_TOKENS:
+            raise ChecksumError(f"{paths['train']} has {tokens['train'].numel()} tokens (words and one <eos> per "
+                                f"line); the canonical file has {WIKITEXT2_TRAIN_TOKENS}. Nothing was deleted. Fix: "
+                                "replace it, or set data.verify_checksums=false.")
+        return tokens

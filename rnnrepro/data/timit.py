@@ -36,12 +36,31 @@ class TIMITDataConfig(DataConfig):
 
 
 def load_timit_split(path: str) -> tuple[Tensor, Tensor]:
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    x, lengths = (data["x"], data["lengths"]) if isinstance(data, dict) else data
-    x, lengths = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(lengths, dtype=torch.long)
-    if x.dim() != 3 or x.shape[-1] != BINS or lengths.shape != (x.shape[0],):
-        raise ValueError(f"{path}: expected x of shape (N, T, {BINS}) and lengths of shape (N,), got "
-                         f"{tuple(x.shape)} and {tuple(lengths.shape)}")
+    """One split's (x, lengths); a file that is not this format (corrupt, truncated, other contents) is named."""
+    from rnnrepro.data.lm import ChecksumError, unreadable
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file; all are reported alike
+        if "Weights only load failed" in str(err):  # torch's advice to unpickle arbitrary code does not apply here
+            err = type(err)("not a torch.save file of tensors only")
+        raise unreadable(path, "a torch.save file of {'x', 'lengths'}", err,
+                         fix="rewrite it from your TIMIT copy as rnnrepro/data/timit.py describes") from None
+    expected = (f"Expected {{'x': (N, T, {BINS}) float, 'lengths': (N,) int in 2..T}} (rnnrepro/data/timit.py). "
+                "Nothing was deleted. Fix: rewrite the file in that format")
+    try:
+        x, lengths = (data["x"], data["lengths"]) if isinstance(data, dict) else data
+        x, lengths = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(lengths, dtype=torch.long)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ChecksumError(f"{path} holds {type(data).__name__} without the expected tensors ({err}). "
+                            f"{expected}.") from None
+    if x.dim() != 3 or x.shape[-1] != BINS or lengths.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ChecksumError(f"{path}: x has shape {tuple(x.shape)} and lengths {tuple(lengths.shape)}. {expected}.")
+    if int(lengths.min()) < 2 or int(lengths.max()) > x.shape[1]:
+        raise ChecksumError(f"{path}: lengths range over {int(lengths.min())}..{int(lengths.max())}, but x holds "
+                            f"{x.shape[1]} frames and a target needs 2. {expected}.")
+    if not bool(torch.isfinite(x).all()):
+        raise ChecksumError(f"{path}: x holds NaN or infinite values. {expected}.")
     return x, lengths
 
 

@@ -331,6 +331,8 @@ class Trainer:
                         self._validate_and_checkpoint()
             if self.stop_signal is not None and self._budget_left():
                 return self._interrupted()
+            if self.tcfg.checkpoint:  # the end state (epoch count, schedule): a resume from here tests the same
+                self.save_last()
         except Diverged as err:
             status, error = "diverged", f"{err} at optimizer step {self.p.step}; {self._good_checkpoints()}"
             log.error(error)
