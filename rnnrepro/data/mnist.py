@@ -52,6 +52,9 @@ class MNISTDataConfig(SplitDataConfig):
     normalize: Normalize = Normalize.mean_std
     pixels_per_step: int = 1
     verify_checksums: bool = True
+    # The MomentumRNN code's protocol: train on all 60k images, no held-out split. Validation is then in-sample: a
+    # seeded val_fraction of the training images, which the model also trains on (never the test set)
+    train_on_all: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -162,6 +165,8 @@ class SequentialMNIST(InMemorySequenceData):
         self.labels = torch.cat([train.targets, test.targets]).long()
         n_train = len(train.targets)
         train_idx, val_idx = split_train_val(n_train, float(self.cfg.val_fraction), int(self.cfg.split_seed))
+        if self.cfg.get("train_on_all", False):
+            train_idx = torch.arange(n_train)  # val_idx stays a subset of it: in-sample validation
         self.splits = {"train": train_idx, "val": val_idx, "test": torch.arange(n_train, len(self.labels))}
 
     def normalise(self, pixels: Tensor) -> Tensor:
@@ -185,6 +190,7 @@ class SequentialMNIST(InMemorySequenceData):
                 "normalize": str(getattr(self.cfg.normalize, "value", self.cfg.normalize)),
                 "pixels_per_step": self.spec.input_size,
                 "split_seed": int(self.cfg.split_seed), "files_checked": self.files_checked,
+                "train_on_all": bool(self.cfg.get("train_on_all", False)),
                 "sizes": {k: len(v) for k, v in self.splits.items()}}
 
     def checkpoint_state(self) -> dict:
