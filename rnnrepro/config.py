@@ -134,6 +134,8 @@ class MetaConfig:
     # The reduced tier's overrides (reproduce_tables.py --tier reduced): a stated smaller budget for a preset whose
     # full budget does not fit this machine. Empty: the preset has no reduced tier
     reduced: list = field(default_factory=list)
+    # The seeds the reduced tier runs (empty: meta.seeds), for a reduced budget that fits only a few seeds
+    reduced_seeds: list = field(default_factory=list)
 
 
 @dataclass

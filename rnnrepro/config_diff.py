@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 # Keys that do not change what a run computes: where data lives, threads, progress output, logging mirrors.
 IGNORED_KEYS = ("data.root", "data.download", "data.num_workers", "trainer.num_threads", "trainer.progress_bar",
                 "trainer.log_every_s", "trainer.checkpoint", "logger", "output_dir", "resume", "meta.seeds",
-                "meta.reduced")  # meta.reduced: the overrides it lists are compared where they apply
+                # meta.reduced: the overrides it lists are compared where they apply
+                "meta.reduced", "meta.reduced_seeds")
 
 # Budgets a resumed run may raise (never lower): the run continues to the new limit. null means no limit.
 BUDGET_KEYS = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time_s", "trainer.max_cpu_time_s")

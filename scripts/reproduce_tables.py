@@ -20,7 +20,8 @@ default (new features default to off), or, for the keys whose default is not the
   starts fresh.
 
 The reduced tier runs only the presets that declare ``meta.reduced``, a list of overrides giving a stated smaller
-budget (for presets whose full budget does not fit the machine); its tables are <table>.reduced.md, labelled as not
+budget (for presets whose full budget does not fit the machine), for the seeds in ``meta.reduced_seeds`` (default:
+``meta.seeds``); its tables are <table>.reduced.md, labelled as not
 the paper's budget, with the overrides in each cell's notes.
 
 The reduced and full tiers also write each table's learning curves, <stem>.curves.csv and .png: the validation
@@ -104,6 +105,8 @@ def plan_runs(paper: str, tier: str, runs_dir: Path, extra: list[str], only: lis
         reduced = preset_reduced(cell["experiment"])
         if tier == "reduced" and not reduced:
             continue  # no reduced tier: its cells say "not run here"
+        if tier == "reduced":
+            seeds = [int(s) for s in preset_meta(cell["experiment"]).get("reduced_seeds") or seeds]
         for seed in seeds:
             run_dir = runs_dir / tier / cell["experiment"] / f"seed_{seed}"
             overrides = [f"experiment={cell['experiment']}", f"seed={seed}", f"meta.tier={tier}"]
