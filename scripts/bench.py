@@ -84,6 +84,17 @@ def all_variants() -> list[Variant]:
         Variant("antisym_gated_native", "antisym_gated", "native", ["model=antisym_gated", "model.impl=native"]),
         Variant("antisym_gated_cell", "antisym_gated", "cell", ["model=antisym_gated", "model.impl=cell"]),
     ]
+    # The MomentumRNN LSTM family (rnnrepro/cells/momentum.py): fused (torch's LSTM kernel on filtered inputs) where
+    # the velocity is linear in the input projection, the step path for the others.
+    for key, variant, extra, impl in (("mom_lstm", "lstm", [], "fused"), ("mom_momentum", "momentum", [], "fused"),
+                                      ("mom_nesterov_b", "nesterov", ["model.nesterov_form=B", "model.restart=2"],
+                                       "fused"),
+                                      ("mom_momentum_cell", "momentum", [], "cell"),
+                                      ("mom_adam_cell", "adam", ["model.mu=0.6", "model.beta=0.1"], "cell"),
+                                      ("mom_rmsprop_cell", "rmsprop", ["model.mu=0.0"], "cell"),
+                                      ("mom_nesterov_a_cell", "nesterov", ["model.restart=2"], "cell")):
+        variants.append(Variant(key, f"momentum_lstm {variant}", impl,
+                                ["model=momentum_lstm", f"model.variant={variant}", f"model.impl={impl}", *extra]))
     for solver, recurrent, suffix in (("sgd", "dense_lowrank", ""), ("shb", "dense_lowrank", ""),
                                       ("snag", "dense_lowrank", ""), ("sgd", "sparse", "_sparse")):
         for impl in ("fused", "cell"):

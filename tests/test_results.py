@@ -261,3 +261,18 @@ def test_a_key_added_after_a_run_matches_when_the_request_holds_its_default(comp
     del saved["trainer"]["flush_denormal"]
     assert any(d.startswith("trainer.flush_denormal") for d in rt.config_differences(cfg, saved))
     assert rt.config_differences(compose_cfg("model=lstm", "trainer.flush_denormal=false"), saved) == []
+
+
+def test_reduced_tier_runs_the_reduced_seeds_with_the_reduced_overrides(tmp_path):
+    """momentum_rnn's MNIST presets: meta.reduced (the code's 60k, 10 epochs) for meta.reduced_seeds (0, 1) only,
+    while the full tier keeps meta.seeds (0-4); presets without meta.reduced are left out of the reduced tier."""
+    import scripts.reproduce_tables as script
+
+    only = ["momentum_rnn/table1_mnist_mlstm_n128", "momentum_rnn/table2_timit_lstm_n158"]
+    reduced = script.plan_runs("momentum_rnn", "reduced", tmp_path, [], only)
+    assert [(r["experiment"], r["seed"]) for r in reduced] == [("momentum_rnn/table1_mnist_mlstm_n128", 0),
+                                                               ("momentum_rnn/table1_mnist_mlstm_n128", 1)]
+    assert {"data.train_on_all=true", "trainer.max_epochs=10", "meta.tier=reduced"} <= set(reduced[0]["overrides"])
+    full = script.plan_runs("momentum_rnn", "full", tmp_path, [], only)
+    assert sorted({r["seed"] for r in full if "table1" in r["experiment"]}) == [0, 1, 2, 3, 4]
+    assert not any("train_on_all" in o for r in full for o in r["overrides"])
