@@ -130,7 +130,7 @@ def _run_locked(cfg: DictConfig, output_dir: str) -> dict[str, Any]:
         f.write(OmegaConf.to_yaml(resolved))
     os.replace(config_path + ".tmp", config_path)
 
-    optimizer = build_optimizer(cfg.optimizer, (p for p in model.parameters() if p.requires_grad))
+    optimizer = build_optimizer(cfg.optimizer, model)
     n_batches = data.num_train_batches()
     total_steps = n_batches * int(cfg.trainer.max_epochs)
     if cfg.trainer.max_steps is not None:

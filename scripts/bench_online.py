@@ -201,7 +201,7 @@ def build_variant(spec: AlgoSpec, n: int, args: argparse.Namespace, device: torc
                          metric="bpc")
     torch.manual_seed(args.seed)
     model = build_model(cfg.model, data_spec, build_task(TaskType.classify_each, metric="bpc")).to(device)
-    optimizer = build_optimizer(cfg.optimizer, (p for p in model.parameters() if p.requires_grad))
+    optimizer = build_optimizer(cfg.optimizer, model)
     algorithm = build_algorithm(cfg.algorithm, model, carry_state=True)
     if spec.kind == "qr_reference":  # the step this change replaced, in the same training loop
         from rnnrepro.online.influence import OKQR

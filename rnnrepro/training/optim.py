@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -131,8 +130,51 @@ class SchedulerConfig:
                  "must be >= 0")
 
 
-def build_optimizer(opt_cfg: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    return hydra.utils.instantiate(opt_cfg, _convert_="all")(params=list(params))
+def build_optimizer(opt_cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer over the model's trainable parameters, except those a module trains with its own
+    (``own_optimizers()``, e.g. DTRIV's RMSprop on A): then a :class:`CompositeOptimizer` steps them all."""
+    own = [pair for module in model.modules() if hasattr(module, "own_optimizers") for pair in module.own_optimizers()]
+    taken = {id(p) for params, _ in own for p in params}
+    main = hydra.utils.instantiate(opt_cfg, _convert_="all")(
+        params=[p for p in model.parameters() if p.requires_grad and id(p) not in taken])
+    if not own:
+        return main
+    return CompositeOptimizer([main, *(factory(params) for params, factory in own)])
+
+
+class CompositeOptimizer:
+    """Several optimizers stepped as one (the code's ``optim`` and ``optim_orth``). ``param_groups`` is the list of
+    all their groups (the same dicts, so schedules and the variable-BPTT lr scale reach every group); the first
+    optimizer's extras (``observe``, ``averaged_weights``) are passed through."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"composite": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "composite" not in state or len(state["composite"]) != len(self.optimizers):
+            raise ValueError("the checkpoint's optimizer state is not this model's set of optimizers")
+        for optimizer, part in zip(self.optimizers, state["composite"]):
+            optimizer.load_state_dict(part)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("observe", "averaged_weights"):
+            return getattr(self.optimizers[0], name)
+        raise AttributeError(name)
 
 
 class NTASGD(torch.optim.Optimizer):
